@@ -1,0 +1,20 @@
+// Reading a request into validated values: the body and query through their schemas.
+#pragma once
+
+#include <boost/json/object.hpp>
+
+#include "api/context.hpp"
+#include "api/validation.hpp"
+
+namespace statetrack::api {
+
+// Parses the body (contract §1.3) and validates it against `s`.
+core::result<boost::json::object> read_body(const context& ctx, const schema& s);
+// Validates the query string against `s` (unknown parameters are errors).
+core::result<boost::json::object> read_query(const context& ctx, const schema& s);
+// The query string's parameters, decoded, for endpoints that read them one by one.
+std::vector<std::pair<std::string, std::string>> query_params(const context& ctx);
+// The value of the first parameter `name`, if present.
+std::optional<std::string> query_value(const context& ctx, std::string_view name);
+
+}  // namespace statetrack::api

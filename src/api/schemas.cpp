@@ -1,0 +1,236 @@
+// Schema declarations (contract §4 tables). Field order is the order of error messages.
+#include "api/schemas.hpp"
+
+#include "core/types.hpp"
+
+namespace statetrack::api::schemas {
+
+namespace {
+constexpr std::span<const std::string_view> session_statuses{core::session_status_names};
+constexpr std::span<const std::string_view> task_statuses{core::task_status_names};
+constexpr std::span<const std::string_view> machine_statuses{core::machine_status_names};
+
+field_spec str(std::string_view name, bool required, std::string_view desc) {
+  field_spec f;
+  f.name = name;
+  f.kind = field_kind::string;
+  f.required = required;
+  f.description = desc;
+  return f;
+}
+field_spec num(std::string_view name, std::string_view desc) {
+  field_spec f;
+  f.name = name;
+  f.kind = field_kind::number;
+  f.description = desc;
+  return f;
+}
+field_spec obj(std::string_view name, std::string_view desc) {
+  field_spec f;
+  f.name = name;
+  f.kind = field_kind::object;
+  f.description = desc;
+  return f;
+}
+field_spec boolean(std::string_view name, bool required, std::string_view desc) {
+  field_spec f;
+  f.name = name;
+  f.kind = field_kind::boolean;
+  f.required = required;
+  f.description = desc;
+  return f;
+}
+field_spec one_of(std::string_view name, std::span<const std::string_view> values,
+                  std::string_view desc) {
+  field_spec f;
+  f.name = name;
+  f.kind = field_kind::enum_value;
+  f.enum_values = values;
+  f.description = desc;
+  return f;
+}
+field_spec date(std::string_view name, std::string_view desc) {
+  field_spec f;
+  f.name = name;
+  f.kind = field_kind::iso_date;
+  f.description = desc;
+  return f;
+}
+field_spec timeout_field() {
+  field_spec f = num("heartbeat_timeout_s",
+                     "Seconds without heartbeat after which the session is stalled (default 300)");
+  f.integer = true;
+  f.min = 1;
+  f.max = 604800;
+  return f;
+}
+field_spec limit_field(std::optional<double> max) {
+  field_spec f = num("limit", "Page size (default 20)");
+  f.integer = true;
+  f.min = 1;
+  f.max = max;
+  return f;
+}
+field_spec offset_field() {
+  field_spec f = num("offset", "Items to skip (default 0)");
+  f.integer = true;
+  f.min = 0;
+  return f;
+}
+field_spec slots_field(bool required) {
+  field_spec f;
+  f.name = "docker_slots";
+  f.kind = field_kind::number_array;
+  f.required = required;
+  f.min = 1;
+  f.unique = true;
+  f.coerce_number = true;
+  f.description = "Docker slot numbers (positive integers, unique)";
+  return f;
+}
+}  // namespace
+
+const schema create_session{"CreateSessionRequest",
+                            {str("project_id", true, "Project id (non-empty)"),
+                             str("machine_id", true, "Machine id (non-empty)"),
+                             num("docker_slot", "Docker slot number"),
+                             obj("metadata", "Free-form metadata"), timeout_field()}};
+
+const schema update_session{
+    "UpdateSessionRequest",
+    {one_of("status", session_statuses, "New status (no transition rules)"),
+     num("docker_slot", "Docker slot (null clears)"),
+     str("current_task_id", false, "Current task (null clears)"),
+     obj("metadata", "Shallow-merged into the stored metadata"),
+     date("last_heartbeat", "Explicit last heartbeat (ISO 8601)"),
+     date("completed_at", "Explicit completion time (ISO 8601)"), timeout_field()}};
+
+const schema list_sessions{"ListSessionsQuery",
+                           {one_of("status", session_statuses, "Filter by status"),
+                            str("project_id", false, "Filter by project"),
+                            str("machine_id", false, "Filter by machine"), limit_field(100),
+                            offset_field()}};
+
+const schema failed_sessions{"FailedSessionsQuery",
+                             {str("project_id", false, "Filter by project"),
+                              str("machine_id", false, "Filter by machine"), limit_field(100),
+                              offset_field()}};
+
+const schema recoverable_sessions{
+    "RecoverableSessionsQuery",
+    {str("project_id", false, "Filter by project"), str("machine_id", false, "Filter by machine"),
+     [] {
+       field_spec f = num("max_age_minutes", "Only sessions whose last heartbeat is this recent");
+       f.min = 1;
+       return f;
+     }(),
+     [] {
+       field_spec f = num("min_age_minutes", "Only sessions whose last heartbeat is this old");
+       f.min = 0;
+       return f;
+     }()}};
+
+const schema mark_failed{"MarkFailedRequest",
+                         {str("reason", true, "Failure reason"),
+                          obj("error_details", "Structured error details")}};
+
+const schema mark_stalled{"MarkStalledRequest", {str("reason", true, "Stall reason")}};
+
+const schema purge_session{"PurgeSessionRequest", {[] {
+                             field_spec f = boolean("confirm", true, "Must be true");
+                             f.not_empty = true;
+                             return f;
+                           }()}};
+
+const schema cleanup_sessions{
+    "CleanupSessionsRequest",
+    {[] {
+       field_spec f = num("older_than_days", "Select sessions created more than this many days ago");
+       f.required = true;
+       f.min = 7;
+       f.min_message = "older_than_days must be at least 7";
+       return f;
+     }(),
+     [] {
+       field_spec f;
+       f.name = "statuses";
+       f.kind = field_kind::enum_array;
+       f.required = true;
+       f.enum_values = session_statuses;
+       f.description = "Statuses to select (only terminal ones are changed)";
+       return f;
+     }(),
+     boolean("dry_run", false, "Report without changing anything"),
+     boolean("archive", false, "Archive (true, default) or delete (false)")}};
+
+const schema recover_session{"RecoverSessionRequest",
+                             {str("new_machine_id", false, "Move the session to this machine"),
+                              num("new_docker_slot", "Use this docker slot"),
+                              str("resume_from_task_id", false, "Task to resume from")}};
+
+const schema create_task{"CreateTaskRequest",
+                         {str("session_id", true, "Parent session (must exist)"),
+                          str("project_id", true, "Project id"),
+                          str("task_name", true, "Task name (non-empty)"),
+                          str("github_issue_id", false, "GitHub issue id"),
+                          obj("metadata", "Free-form metadata")}};
+
+const schema update_task{"UpdateTaskRequest",
+                         {one_of("status", task_statuses, "New status (transition table applies)"),
+                          str("github_issue_id", false, "GitHub issue id"),
+                          str("error_message", false, "Error message"),
+                          obj("metadata", "Shallow-merged into the stored metadata")}};
+
+const schema fail_task{"FailTaskRequest", {[] {
+                         field_spec f = str("error_message", true, "Why the task failed");
+                         f.not_empty = true;
+                         return f;
+                       }()}};
+
+const schema list_tasks{"ListTasksQuery",
+                        {str("session_id", false, "Filter by session"),
+                         one_of("status", task_statuses, "Filter by status"),
+                         str("project_id", false, "Filter by project"), limit_field(std::nullopt),
+                         offset_field()}};
+
+const schema register_machine{"RegisterMachineRequest",
+                              {str("machine_id", true, "Machine id (non-empty, unique)"),
+                               str("hostname", true, "Host name (non-empty)"), slots_field(true),
+                               obj("metadata", "Free-form metadata")}};
+
+const schema update_machine{"UpdateMachineRequest",
+                            {slots_field(false),
+                             one_of("status", machine_statuses, "New status"),
+                             obj("metadata", "Replaces the whole metadata")}};
+
+const schema list_machines{"ListMachinesQuery",
+                           {one_of("status", machine_statuses, "Filter by status"),
+                            str("hostname", false, "Filter by host name")}};
+
+const schema assign_session{"AssignSessionRequest",
+                            {str("session_id", true, "Session to assign"), [] {
+                               field_spec f = num("docker_slot", "Slot to use (else the first free one)");
+                               f.min = 1;
+                               f.coerce_number = true;
+                               return f;
+                             }()}};
+
+const schema release_session{"ReleaseSessionRequest", {str("session_id", true, "Session to release")}};
+
+const std::vector<const schema*>& all() {
+  static const std::vector<const schema*> list = {
+      &create_session, &update_session,   &list_sessions,  &failed_sessions, &recoverable_sessions,
+      &mark_failed,    &mark_stalled,     &purge_session,  &cleanup_sessions, &recover_session,
+      &create_task,    &update_task,      &fail_task,      &list_tasks,      &register_machine,
+      &update_machine, &list_machines,    &assign_session, &release_session};
+  return list;
+}
+
+const schema* find(std::string_view name) {
+  for (const auto* s : all()) {
+    if (s->name == name) return s;
+  }
+  return nullptr;
+}
+
+}  // namespace statetrack::api::schemas

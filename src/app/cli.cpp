@@ -1,0 +1,209 @@
+// Subcommands. Each prints one clear line on stderr and exits 2 on bad usage.
+#include "app/cli.hpp"
+
+#include <boost/program_options.hpp>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "app/config.hpp"
+#include "app/serve.hpp"
+#include "core/api_keys.hpp"
+#include "core/clock.hpp"
+#include "storage/sqlite/sqlite_store.hpp"
+
+namespace statetrack::app {
+
+namespace po = boost::program_options;
+
+namespace {
+
+constexpr const char* usage =
+    "usage: statetrack <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  serve     run the HTTP server (default storage: ./var/statetrack.db)\n"
+    "  keys      create, list or revoke API keys stored in the database\n"
+    "  migrate   apply database schema migrations and exit\n"
+    "  backup    copy the database to a file while the server runs\n"
+    "  version   print the version\n"
+    "\n"
+    "Run `statetrack <command> --help` for the options of a command.\n";
+
+std::string default_db() {
+  const char* v = std::getenv("STATETRACK_DB");
+  return v != nullptr && *v != '\0' ? v : "./var/statetrack.db";
+}
+
+int keys_command(const std::vector<std::string>& args) {
+  po::options_description d("statetrack keys options");
+  d.add_options()("help,h", "Show this help")(
+      "db", po::value<std::string>()->default_value(default_db()), "SQLite database file")(
+      "name", po::value<std::string>()->default_value("key"), "Name of a new key (create)")(
+      "role", po::value<std::string>()->default_value("admin"),
+      "Role of a new key: admin, write or read (create)");
+  po::options_description hidden;
+  hidden.add_options()("action", po::value<std::string>())("target", po::value<std::string>());
+  po::options_description all;
+  all.add(d).add(hidden);
+  po::positional_options_description pos;
+  pos.add("action", 1).add("target", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
+  } catch (const std::exception& e) {
+    std::cerr << "statetrack keys: " << e.what() << "\n";
+    return 2;
+  }
+  const std::string help =
+      "usage: statetrack keys create [--name NAME] [--role ROLE] [--db FILE]\n"
+      "       statetrack keys list [--db FILE]\n"
+      "       statetrack keys revoke <id|prefix> [--db FILE]\n\n";
+  if (vm.count("help") != 0 || vm.count("action") == 0) {
+    std::cout << help << d;
+    return vm.count("help") != 0 ? 0 : 2;
+  }
+  const std::string action = vm["action"].as<std::string>();
+  const std::string db = vm["db"].as<std::string>();
+  try {
+    storage::sqlite::store_options so;
+    so.path = db;
+    storage::sqlite::sqlite_store store(so);
+    core::system_clock clock;
+    if (action == "create") {
+      auto role = core::parse_role(vm["role"].as<std::string>());
+      if (!role) {
+        std::cerr << "statetrack keys: --role must be admin, write or read\n";
+        return 2;
+      }
+      auto [plain, rec] = core::create_api_key(store, vm["name"].as<std::string>(), *role, clock.now());
+      std::cout << plain << "\n";
+      std::cerr << "created key id " << rec.id << " (prefix " << rec.prefix << ", role "
+                << core::role_name(rec.role)
+                << "); it is shown only once and only its SHA-256 hash is stored\n";
+      return 0;
+    }
+    if (action == "list") {
+      std::vector<core::api_key> keys;
+      store.read_now([&](storage::read_view& v) { keys = v.list_api_keys(); });
+      std::cout << "id\tprefix\tname\trole\tcreated_at\tlast_used_at\tstatus\n";
+      for (const auto& k : keys) {
+        std::cout << k.id << '\t' << k.prefix << '\t' << k.name << '\t' << core::role_name(k.role)
+                  << '\t' << core::format_iso(k.created_at) << '\t'
+                  << (k.last_used_at ? core::format_iso(*k.last_used_at) : "-") << '\t'
+                  << (k.revoked_at ? "revoked " + core::format_iso(*k.revoked_at) : "active")
+                  << '\n';
+      }
+      return 0;
+    }
+    if (action == "revoke") {
+      if (vm.count("target") == 0) {
+        std::cerr << "statetrack keys revoke: give the key id or prefix\n";
+        return 2;
+      }
+      const std::string target = vm["target"].as<std::string>();
+      std::vector<core::api_key> keys;
+      store.read_now([&](storage::read_view& v) { keys = v.list_api_keys(); });
+      std::vector<std::int64_t> ids;
+      for (const auto& k : keys) {
+        if (std::to_string(k.id) == target || k.prefix == target) ids.push_back(k.id);
+      }
+      if (ids.empty()) {
+        std::cerr << "statetrack keys revoke: no key with id or prefix " << target << "\n";
+        return 1;
+      }
+      if (ids.size() > 1) {
+        std::cerr << "statetrack keys revoke: prefix " << target
+                  << " matches several keys; use the id\n";
+        return 2;
+      }
+      bool revoked = false;
+      store.write_now([&](storage::write_txn& tx) {
+        revoked = tx.revoke_api_key(ids[0], clock.now());
+        return true;
+      });
+      std::cout << (revoked ? "revoked key " : "key already revoked: ") << ids[0] << "\n";
+      return 0;
+    }
+    std::cerr << "statetrack keys: unknown action '" << action << "'\n" << help;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "statetrack keys: " << e.what() << "\n";
+    return 1;
+  }
+}
+
+int db_command(const std::string& name, const std::vector<std::string>& args) {
+  po::options_description d("statetrack " + name + " options");
+  d.add_options()("help,h", "Show this help")(
+      "db", po::value<std::string>()->default_value(default_db()), "SQLite database file");
+  po::options_description hidden;
+  hidden.add_options()("dest", po::value<std::string>());
+  po::options_description all;
+  all.add(d).add(hidden);
+  po::positional_options_description pos;
+  pos.add("dest", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(args).options(all).positional(pos).run(), vm);
+  } catch (const std::exception& e) {
+    std::cerr << "statetrack " << name << ": " << e.what() << "\n";
+    return 2;
+  }
+  if (vm.count("help") != 0) {
+    std::cout << (name == "backup" ? "usage: statetrack backup <dest-file> [--db FILE]\n\n"
+                                   : "usage: statetrack migrate [--db FILE]\n\n")
+              << d;
+    return 0;
+  }
+  const std::string db = vm["db"].as<std::string>();
+  try {
+    if (name == "migrate") {
+      auto applied = storage::sqlite::sqlite_store::migrate(db);
+      if (applied.empty()) {
+        std::cout << "database " << db << " is up to date\n";
+      } else {
+        for (int v : applied) std::cout << "applied migration " << v << "\n";
+      }
+      return 0;
+    }
+    if (vm.count("dest") == 0) {
+      std::cerr << "statetrack backup: give the destination file\n";
+      return 2;
+    }
+    storage::sqlite::sqlite_store::backup(db, vm["dest"].as<std::string>());
+    std::cout << "backed up " << db << " to " << vm["dest"].as<std::string>() << "\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "statetrack " << name << ": " << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace
+
+int run(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << usage;
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  args.erase(args.begin());
+  if (cmd == "version" || cmd == "--version") {
+    std::cout << "statetrack " << ST_VERSION << "\n";
+    return 0;
+  }
+  if (cmd == "serve") {
+    auto parsed = parse_serve_args(args);
+    if (!parsed.cfg) return parsed.exit_code;
+    return serve(*parsed.cfg);
+  }
+  if (cmd == "keys") return keys_command(args);
+  if (cmd == "migrate" || cmd == "backup") return db_command(cmd, args);
+  std::cerr << "statetrack: unknown command '" << cmd << "'\n\n" << usage;
+  return 2;
+}
+
+}  // namespace statetrack::app

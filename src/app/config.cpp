@@ -1,0 +1,273 @@
+// The options table and its three sources.
+#include "app/config.hpp"
+
+#include <boost/program_options.hpp>
+#include <charconv>
+#include <cstdlib>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <sstream>
+
+#include "obs/logger.hpp"
+
+namespace statetrack::app {
+
+namespace po = boost::program_options;
+
+namespace {
+
+struct option_def {
+  const char* name;                 // --name
+  std::vector<const char*> env;     // environment variables, first wins
+  std::string default_text;
+  const char* help;
+  bool is_switch = false;
+  std::function<std::string(config&, const std::string&)> set;  // returns an error or ""
+};
+
+std::string set_int(std::int64_t& field, const std::string& v, std::int64_t lo, std::int64_t hi,
+                    const char* name) {
+  std::int64_t n = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  if (ec != std::errc() || p != v.data() + v.size()) {
+    return std::string("--") + name + ": '" + v + "' is not an integer";
+  }
+  if (n < lo || n > hi) {
+    return std::string("--") + name + ": " + v + " is out of range [" + std::to_string(lo) +
+           ", " + std::to_string(hi) + "]";
+  }
+  field = n;
+  return {};
+}
+
+std::string set_bool(bool& field, const std::string& v, const char* name) {
+  if (v == "1" || v == "true" || v == "yes" || v == "on" || v.empty()) {
+    field = true;
+  } else if (v == "0" || v == "false" || v == "no" || v == "off") {
+    field = false;
+  } else {
+    return std::string("--") + name + ": '" + v + "' is not a boolean";
+  }
+  return {};
+}
+
+#define ST_INT(member, lo, hi)                                             \
+  [](config& c, const std::string& v) {                                    \
+    return set_int(c.member, v, lo, hi, #member);                          \
+  }
+
+const std::vector<option_def>& table() {
+  constexpr std::int64_t big = 1'000'000'000'000;
+  static const std::vector<option_def> defs = {
+      {"host", {"STATETRACK_HOST"}, "0.0.0.0", "Address to listen on", false,
+       [](config& c, const std::string& v) {
+         c.host = v;
+         return std::string();
+       }},
+      {"port", {"STATETRACK_PORT", "PORT"}, "3000", "TCP port; 0 picks a free port", false,
+       ST_INT(port, 0, 65535)},
+      {"db", {"STATETRACK_DB"}, "./var/statetrack.db", "SQLite database file", false,
+       [](config& c, const std::string& v) {
+         if (v.empty()) return std::string("--db: must not be empty");
+         c.db = v;
+         return std::string();
+       }},
+      {"threads", {"STATETRACK_THREADS"}, "0", "I/O threads; 0 = one per available core",
+       false, ST_INT(threads, 0, 256)},
+      {"api-keys", {"STATETRACK_API_KEYS", "API_KEYS"}, "",
+       "Comma-separated API keys accepted besides the keys stored in the database", false,
+       [](config& c, const std::string& v) {
+         c.api_keys.clear();
+         std::stringstream ss(v);
+         std::string item;
+         while (std::getline(ss, item, ',')) {
+           auto b = item.find_first_not_of(" \t");
+           auto e = item.find_last_not_of(" \t");
+           if (b != std::string::npos) c.api_keys.push_back(item.substr(b, e - b + 1));
+         }
+         return std::string();
+       }},
+      {"log-level", {"STATETRACK_LOG_LEVEL", "LOG_LEVEL"}, "info",
+       "Minimum log level: debug, info, warn, error", false,
+       [](config& c, const std::string& v) {
+         obs::level l;
+         if (!obs::parse_level(v, l)) return "--log-level: unknown level '" + v + "'";
+         c.log_level = v;
+         return std::string();
+       }},
+      {"log-format", {"STATETRACK_LOG_FORMAT", "LOG_FORMAT"}, "json",
+       "Log line format: json or pretty", false,
+       [](config& c, const std::string& v) {
+         if (v != "json" && v != "pretty") return "--log-format: must be json or pretty, not '" + v + "'";
+         c.log_format = v;
+         return std::string();
+       }},
+      {"rate-limit-default", {"STATETRACK_RATE_LIMIT_DEFAULT", "RATE_LIMIT_DEFAULT"}, "100",
+       "Requests per window per endpoint and client address; 0 disables", false,
+       ST_INT(rate_limit_default, 0, big)},
+      {"rate-limit-heartbeat", {"STATETRACK_RATE_LIMIT_HEARTBEAT", "RATE_LIMIT_HEARTBEAT"}, "120",
+       "Session heartbeats per window per client address; 0 disables", false,
+       ST_INT(rate_limit_heartbeat, 0, big)},
+      {"rate-limit-window-ms", {"STATETRACK_RATE_LIMIT_WINDOW_MS", "RATE_LIMIT_WINDOW_MS"},
+       "60000", "Rate-limit window in milliseconds", false,
+       ST_INT(rate_limit_window_ms, 1, big)},
+      {"request-timeout-ms", {"STATETRACK_REQUEST_TIMEOUT_MS", "REQUEST_TIMEOUT_MS"}, "30000",
+       "Deadline for reading one request from a client", false,
+       ST_INT(request_timeout_ms, 100, 3'600'000)},
+      {"max-body-bytes", {"STATETRACK_MAX_BODY_BYTES"}, "102400",
+       "Largest accepted request body (413 above)", false, ST_INT(max_body_bytes, 1024, 1 << 30)},
+      {"max-header-bytes", {"STATETRACK_MAX_HEADER_BYTES"}, "16384",
+       "Largest accepted request header block (431 above)", false,
+       ST_INT(max_header_bytes, 1024, 1 << 20)},
+      {"idle-timeout-s", {"STATETRACK_IDLE_TIMEOUT_S"}, "75",
+       "Close keep-alive connections idle this long", false, ST_INT(idle_timeout_s, 1, 86400)},
+      {"max-connections", {"STATETRACK_MAX_CONNECTIONS"}, "10000",
+       "Maximum simultaneous client connections", false, ST_INT(max_connections, 1, 1'000'000)},
+      {"drain-timeout-s", {"STATETRACK_DRAIN_TIMEOUT_S"}, "10",
+       "On SIGTERM, how long in-flight requests may take before exit", false,
+       ST_INT(drain_timeout_s, 0, 3600)},
+      {"disable-background-jobs", {"STATETRACK_DISABLE_BACKGROUND_JOBS", "DISABLE_BACKGROUND_JOBS"},
+       "false", "Do not run sweeps, retention or pruning in this instance", true,
+       [](config& c, const std::string& v) {
+         return set_bool(c.disable_background_jobs, v, "disable-background-jobs");
+       }},
+      {"sweep-interval-s", {"STATETRACK_SWEEP_INTERVAL_S"}, "5",
+       "Seconds between stall and machine-offline sweeps", false,
+       ST_INT(sweep_interval_s, 1, 3600)},
+      {"machine-offline-after-s", {"STATETRACK_MACHINE_OFFLINE_AFTER_S"}, "600",
+       "An online machine without heartbeat this long goes offline", false,
+       ST_INT(machine_offline_after_s, 1, big)},
+      {"retention-days", {"STATETRACK_RETENTION_DAYS"}, "30",
+       "Delete completed/failed sessions and tasks this many days after completion; 0 keeps "
+       "them",
+       false, ST_INT(retention_days, 0, 100000)},
+      {"archive-after-days", {"STATETRACK_ARCHIVE_AFTER_DAYS"}, "90",
+       "Archive completed/failed sessions this many days after completion (applies only when "
+       "shorter than the retention); 0 disables",
+       false, ST_INT(archive_after_days, 0, 100000)},
+      {"retention-interval-s", {"STATETRACK_RETENTION_INTERVAL_S"}, "3600",
+       "Seconds between retention runs", false, ST_INT(retention_interval_s, 1, 86400 * 7)},
+      {"event-retention-days", {"STATETRACK_EVENT_RETENTION_DAYS"}, "7",
+       "Keep the event log this many days", false, ST_INT(event_retention_days, 1, 100000)},
+      {"event-retention-count", {"STATETRACK_EVENT_RETENTION_COUNT"}, "1000000",
+       "Keep at most this many events", false, ST_INT(event_retention_count, 1000, big)},
+  };
+  return defs;
+}
+
+#undef ST_INT
+
+po::options_description describe(bool with_config) {
+  po::options_description d("statetrack serve options");
+  d.add_options()("help,h", "Show this help");
+  if (with_config) d.add_options()("config", po::value<std::string>(), "Read options from FILE (key = value lines)");
+  for (const auto& o : table()) {
+    std::string help = o.help;
+    help += " (default: " + (o.default_text.empty() ? std::string("none") : o.default_text) + "; env " + o.env[0];
+    for (std::size_t i = 1; i < o.env.size(); ++i) help += ", " + std::string(o.env[i]);
+    help += ")";
+    if (o.is_switch) {
+      d.add_options()(o.name, po::value<std::string>()->implicit_value("true")->zero_tokens(),
+                      help.c_str());
+    } else {
+      d.add_options()(o.name, po::value<std::string>(), help.c_str());
+    }
+  }
+  return d;
+}
+
+std::string apply_values(config& c, const po::variables_map& vm) {
+  for (const auto& o : table()) {
+    if (vm.count(o.name) == 0) continue;
+    std::string err = o.set(c, vm[o.name].as<std::string>());
+    if (!err.empty()) return err;
+  }
+  return {};
+}
+
+}  // namespace
+
+std::string serve_help() {
+  std::ostringstream os;
+  os << "usage: statetrack serve [options]\n\n"
+        "Runs the HTTP server. With no options it stores everything in ./var/statetrack.db.\n"
+        "Precedence: defaults < --config file < environment < flags.\n\n"
+     << describe(true);
+  return os.str();
+}
+
+std::string options_markdown() {
+  std::ostringstream os;
+  os << "| flag | environment | default | meaning |\n| --- | --- | --- | --- |\n";
+  os << "| `--config FILE` | | | Read options from FILE (`key = value` lines, keys as the flag "
+        "names without dashes) |\n";
+  for (const auto& o : table()) {
+    os << "| `--" << o.name << "` | ";
+    for (std::size_t i = 0; i < o.env.size(); ++i) os << (i ? ", " : "") << "`" << o.env[i] << "`";
+    os << " | " << (o.default_text.empty() ? "" : "`" + o.default_text + "`") << " | " << o.help
+       << " |\n";
+  }
+  return os.str();
+}
+
+parse_outcome parse_serve_args(const std::vector<std::string>& args) {
+  parse_outcome out;
+  config c;
+  po::variables_map cli;
+  try {
+    po::store(po::command_line_parser(args).options(describe(true)).run(), cli);
+    po::notify(cli);
+  } catch (const std::exception& e) {
+    std::cerr << "statetrack serve: " << e.what() << " (see statetrack serve --help)\n";
+    out.exit_code = 2;
+    return out;
+  }
+  if (cli.count("help") != 0) {
+    std::cout << serve_help();
+    return out;
+  }
+  if (cli.count("config") != 0) {
+    const std::string path = cli["config"].as<std::string>();
+    std::ifstream in(path);
+    if (!in) {
+      std::cerr << "statetrack serve: cannot read config file " << path << "\n";
+      out.exit_code = 2;
+      return out;
+    }
+    po::variables_map file;
+    try {
+      po::store(po::parse_config_file(in, describe(false), false), file);
+    } catch (const std::exception& e) {
+      std::cerr << "statetrack serve: " << path << ": " << e.what() << "\n";
+      out.exit_code = 2;
+      return out;
+    }
+    if (auto err = apply_values(c, file); !err.empty()) {
+      std::cerr << "statetrack serve: " << path << ": " << err << "\n";
+      out.exit_code = 2;
+      return out;
+    }
+  }
+  for (const auto& o : table()) {
+    for (const char* name : o.env) {
+      const char* v = std::getenv(name);
+      if (v == nullptr) continue;
+      if (auto err = o.set(c, v); !err.empty()) {
+        std::cerr << "statetrack serve: environment " << name << ": " << err << "\n";
+        out.exit_code = 2;
+        return out;
+      }
+      break;
+    }
+  }
+  if (auto err = apply_values(c, cli); !err.empty()) {
+    std::cerr << "statetrack serve: " << err << "\n";
+    out.exit_code = 2;
+    return out;
+  }
+  out.cfg = std::move(c);
+  return out;
+}
+
+}  // namespace statetrack::app

@@ -1,0 +1,184 @@
+// Composition root of the server process.
+#include "app/serve.hpp"
+
+#include <sched.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <csignal>
+#include <iostream>
+#include <thread>
+#include <vector>
+
+#include "api/routes.hpp"
+#include "api/services.hpp"
+#include "app/process_metrics.hpp"
+#include "core/api_keys.hpp"
+#include "core/clock.hpp"
+#include "core/machine_service.hpp"
+#include "core/session_service.hpp"
+#include "core/task_service.hpp"
+#include "http/pipeline.hpp"
+#include "http/router.hpp"
+#include "http/server.hpp"
+#include "jobs/scheduler.hpp"
+#include "obs/logger.hpp"
+#include "obs/metrics.hpp"
+#include "obs/request_stats.hpp"
+#include "storage/sqlite/sqlite_store.hpp"
+
+namespace statetrack::app {
+
+namespace asio = boost::asio;
+
+namespace {
+
+std::size_t available_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<std::size_t>(n);
+  }
+  return std::max(1U, std::thread::hardware_concurrency());
+}
+
+}  // namespace
+
+int serve(const config& cfg) {
+  obs::level lvl = obs::level::info;
+  obs::parse_level(cfg.log_level, lvl);
+  obs::logger log(lvl, cfg.log_format == "pretty" ? obs::log_format::pretty : obs::log_format::json);
+  obs::registry metrics;
+
+  std::unique_ptr<storage::sqlite::sqlite_store> store;
+  try {
+    storage::sqlite::store_options so;
+    so.path = cfg.db;
+    store = std::make_unique<storage::sqlite::sqlite_store>(so, &metrics);
+  } catch (const std::exception& e) {
+    log.flush();
+    std::cerr << "statetrack serve: cannot open database " << cfg.db << ": " << e.what() << "\n";
+    return 2;
+  }
+
+  core::system_clock clock;
+  core::session_service sessions(*store, clock);
+  core::task_service tasks(*store, clock);
+  core::machine_service machines(*store, clock);
+  core::key_verifier keys(*store, cfg.api_keys, clock);
+
+  // No mode accepts a missing key: with no key anywhere, create one admin key and show it once.
+  if (!keys.has_env_keys()) {
+    bool any = false;
+    store->read_now([&](storage::read_view& v) {
+      for (const auto& k : v.list_api_keys()) any = any || !k.revoked_at;
+    });
+    if (!any) {
+      auto [plain, rec] = core::create_api_key(*store, "bootstrap-admin", core::key_role::admin,
+                                               clock.now());
+      log.print_line("statetrack created an admin API key (shown only once, store it now): " +
+                     plain);
+    }
+  }
+
+  http::router router;
+  asio::io_context ioc(static_cast<int>(cfg.threads > 0 ? cfg.threads : available_cores()));
+  jobs::scheduler_options jo;
+  jo.enabled = !cfg.disable_background_jobs;
+  jo.sweep_interval_s = cfg.sweep_interval_s;
+  jo.machine_offline_after_s = cfg.machine_offline_after_s;
+  jo.retention_days = cfg.retention_days;
+  jo.archive_after_days = cfg.archive_after_days;
+  jo.retention_interval_s = cfg.retention_interval_s;
+  jo.event_retention_days = cfg.event_retention_days;
+  jo.event_retention_count = cfg.event_retention_count;
+  jobs::scheduler scheduler(ioc, jo, sessions, machines, *store, clock, log, metrics);
+
+  api::register_all(router);
+  std::vector<obs::request_stats::route_info> infos;
+  for (const auto& r : router.routes()) {
+    infos.push_back({std::string(http::method_name(r->verb)), r->pattern});
+  }
+  obs::request_stats stats(metrics, infos);
+  register_process_metrics(metrics, *store);
+
+  api::services svc{*store, clock, sessions, tasks, machines, keys, metrics, log, stats, router,
+                    nullptr, std::chrono::steady_clock::now(), ST_VERSION};
+  svc.jobs = &scheduler;
+  svc.version = ST_VERSION;
+
+  http::pipeline_options po;
+  po.rate_limit_default = cfg.rate_limit_default;
+  po.rate_limit_heartbeat = cfg.rate_limit_heartbeat;
+  po.rate_limit_window_ms = cfg.rate_limit_window_ms;
+  http::pipeline pipe(router, svc, po);
+
+  http::server_options hso;
+  hso.host = cfg.host;
+  hso.port = static_cast<std::uint16_t>(cfg.port);
+  hso.max_body_bytes = static_cast<std::size_t>(cfg.max_body_bytes);
+  hso.max_header_bytes = static_cast<std::size_t>(cfg.max_header_bytes);
+  hso.idle_timeout = std::chrono::seconds(cfg.idle_timeout_s);
+  hso.read_timeout = std::chrono::seconds(std::max<std::int64_t>(1, cfg.request_timeout_ms / 1000));
+  hso.max_connections = static_cast<std::size_t>(cfg.max_connections);
+  http::server srv(ioc, pipe, hso, log, metrics);
+  asio::ip::tcp::endpoint ep;
+  try {
+    ep = srv.listen();
+  } catch (const std::exception& e) {
+    log.flush();
+    std::cerr << "statetrack serve: cannot listen on " << cfg.host << ":" << cfg.port << ": "
+              << e.what() << "\n";
+    return 2;
+  }
+  srv.start();
+  scheduler.start();
+  {
+    obs::fields f;
+    f.add("version", svc.version)
+        .add("db", cfg.db)
+        .add("threads", static_cast<std::int64_t>(cfg.threads > 0 ? cfg.threads : available_cores()))
+        .add("background_jobs", !cfg.disable_background_jobs);
+    log.info("App", "statetrack starting", &f);
+  }
+  log.print_line("statetrack listening on " + ep.address().to_string() + ":" +
+                 std::to_string(ep.port()));
+
+  // SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded), then stop.
+  asio::signal_set signals(ioc, SIGTERM, SIGINT);
+  asio::steady_timer drain_timer(ioc);
+  auto deadline = std::chrono::steady_clock::now();
+  std::function<void()> poll_drain = [&] {
+    if (srv.connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
+      ioc.stop();
+      return;
+    }
+    drain_timer.expires_after(std::chrono::milliseconds(20));
+    drain_timer.async_wait([&](const boost::system::error_code&) { poll_drain(); });
+  };
+  signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+    if (ec) return;
+    obs::fields f;
+    f.add("signal", static_cast<std::int64_t>(sig));
+    log.info("App", "shutting down: draining connections", &f);
+    scheduler.stop();
+    srv.begin_drain();
+    deadline = std::chrono::steady_clock::now() + std::chrono::seconds(cfg.drain_timeout_s);
+    poll_drain();
+  });
+
+  std::size_t nthreads = cfg.threads > 0 ? static_cast<std::size_t>(cfg.threads) : available_cores();
+  std::vector<std::thread> pool;
+  for (std::size_t i = 1; i < nthreads; ++i) pool.emplace_back([&] { ioc.run(); });
+  ioc.run();
+  for (auto& t : pool) t.join();
+
+  store->close();
+  log.info("App", "statetrack stopped");
+  log.flush();
+  return 0;
+}
+
+}  // namespace statetrack::app

@@ -1,0 +1,91 @@
+// The stored records: session, task, machine, event and API key. Plain values that every
+// layer passes around; storage maps them to rows, api renders them as the contract's JSON.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/types.hpp"
+
+namespace statetrack::core {
+
+inline constexpr int default_heartbeat_timeout_s = 300;
+
+struct session {
+  std::string oid;  // `_id`: storage artefact kept for wire fidelity
+  std::string session_id;
+  std::string project_id;
+  std::string machine_id;
+  std::optional<double> docker_slot;
+  session_status status = session_status::active;
+  timestamp last_heartbeat;
+  std::optional<std::string> current_task_id;
+  timestamp started_at;
+  std::optional<timestamp> completed_at;
+  std::string metadata = "{}";  // JSON object text, always an object
+  timestamp created_at;
+  timestamp updated_at;
+  // Liveness: a session is overdue once now > deadline_at = last_heartbeat + timeout.
+  int heartbeat_timeout_s = default_heartbeat_timeout_s;
+  timestamp deadline_at;
+  // Ownership generation, bumped on recovery (fencing).
+  std::int64_t epoch = 1;
+};
+
+struct task {
+  std::string oid;
+  std::string task_id;
+  std::string session_id;
+  std::string project_id;
+  std::optional<std::string> github_issue_id;
+  std::string task_name;
+  task_status status = task_status::pending;
+  std::optional<timestamp> started_at;
+  std::optional<timestamp> completed_at;
+  std::optional<std::string> error_message;
+  std::string metadata = "{}";
+  timestamp created_at;
+  timestamp updated_at;
+};
+
+struct machine {
+  std::string oid;
+  std::string machine_id;
+  std::string hostname;
+  std::vector<std::int64_t> docker_slots;
+  std::vector<std::string> active_sessions;
+  machine_status status = machine_status::online;
+  timestamp last_heartbeat;
+  std::string metadata = "{}";
+  timestamp created_at;
+  timestamp updated_at;
+};
+
+// One row of the outbox: appended in the same transaction as the change it describes.
+struct event {
+  std::int64_t seq = 0;  // assigned by the store: global, gap-free, increasing
+  std::string type;      // session.created, session.stalled, task.completed, machine.offline, ...
+  timestamp occurred_at;
+  std::string project_id;  // empty when the event concerns no project (machines)
+  std::string session_id;
+  std::string task_id;
+  std::string machine_id;
+  std::string data;  // JSON text: the new state of the record
+};
+
+enum class key_role { admin, write, read };
+
+struct api_key {
+  std::int64_t id = 0;
+  std::string prefix;  // first characters of the key, used to find the row; not secret
+  std::string hash;    // lowercase hex SHA-256 of the whole key
+  std::string name;
+  key_role role = key_role::admin;
+  timestamp created_at;
+  std::optional<timestamp> last_used_at;
+  std::optional<timestamp> revoked_at;
+};
+
+}  // namespace statetrack::core

@@ -1,0 +1,609 @@
+// Session rules from the contract (reference-api.md §4.2–§4.6, §6.1), with its listed bugs
+// fixed as recommended: literal routes, merged recovery metadata, no partial cleanup.
+#include "core/session_service.hpp"
+
+#include <boost/json/array.hpp>
+#include <boost/json/value.hpp>
+#include <cmath>
+
+#include "core/events.hpp"
+#include "core/metadata.hpp"
+
+namespace statetrack::core {
+
+namespace json = boost::json;
+using storage::read_view;
+using storage::session_filter;
+using storage::session_order;
+using storage::status_set;
+using storage::write_txn;
+
+namespace {
+
+constexpr std::int64_t day_ms = 86'400'000;
+
+bool is_terminal_for_archive(session_status s) {
+  return s == session_status::completed || s == session_status::failed ||
+         s == session_status::archived;
+}
+
+// Re-arms the liveness deadline from the last heartbeat.
+void rearm(session& s) {
+  s.deadline_at = s.last_heartbeat + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000;
+}
+
+std::string iso(timestamp t) { return format_iso(t); }
+
+json::object recovery_of(const json::object& metadata) {
+  auto* r = metadata.if_contains("recovery");
+  if (r != nullptr && r->is_object()) return r->as_object();
+  return {};
+}
+
+}  // namespace
+
+error session_not_found(std::string_view id) {
+  return make_error(errc::not_found, "Session with ID " + std::string(id) + " not found");
+}
+
+std::int64_t recovery_attempts(const json::object& metadata) {
+  auto r = recovery_of(metadata);
+  auto* n = r.if_contains("recovery_attempts");
+  if (n == nullptr) return 0;
+  if (n->is_int64()) return n->as_int64();
+  if (n->is_uint64()) return static_cast<std::int64_t>(n->as_uint64());
+  if (n->is_double()) return static_cast<std::int64_t>(n->as_double());
+  return 0;
+}
+
+std::int64_t recovery_attempts(const session& s) {
+  if (s.metadata.find("recovery") == std::string::npos) return 0;
+  return recovery_attempts(parse_metadata(s.metadata));
+}
+
+// POST /sessions
+task_of<session> session_service::create(create_session_input in) {
+  std::vector<std::string> problems;
+  if (in.project_id.empty()) problems.emplace_back("project_id should not be empty");
+  if (in.machine_id.empty()) problems.emplace_back("machine_id should not be empty");
+  if (!problems.empty()) co_return validation_error(std::move(problems));
+  const timestamp now = clock_.now();
+  session s;
+  s.oid = new_object_id(now);
+  s.session_id = new_uuid_v4();
+  s.project_id = std::move(in.project_id);
+  s.machine_id = std::move(in.machine_id);
+  s.docker_slot = in.docker_slot;
+  s.status = session_status::active;
+  s.last_heartbeat = s.started_at = s.created_at = s.updated_at = now;
+  s.metadata = std::move(in.metadata);
+  s.heartbeat_timeout_s = in.heartbeat_timeout_s.value_or(default_heartbeat_timeout_s);
+  s.epoch = 1;
+  rearm(s);
+  auto fn = [&](write_txn& tx) -> result<session> {
+    tx.insert_session(s);
+    tx.append_event(session_event("session.created", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+task_of<session> session_service::get(std::string id) {
+  auto fn = [&](read_view& v) -> result<session> {
+    auto s = v.get_session(id);
+    if (!s) return session_not_found(id);
+    return std::move(*s);
+  };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::list(session_list_query q) {
+  session_filter f;
+  if (q.status) f.statuses = status_set::of({*q.status});
+  f.project_id = std::move(q.project_id);
+  f.machine_id = std::move(q.machine_id);
+  f.order = session_order::created_desc;
+  f.limit = q.limit;
+  f.offset = q.offset;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+// PUT /sessions/:id — no transition rules (contract §4.2.4).
+task_of<session> session_service::update(std::string id, update_session_input in) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<session> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    const session_status before = s.status;
+    if (in.status) s.status = *in.status;
+    if (in.clear_docker_slot) s.docker_slot.reset();
+    if (in.docker_slot) s.docker_slot = in.docker_slot;
+    if (in.clear_current_task_id) s.current_task_id.reset();
+    if (in.current_task_id) s.current_task_id = in.current_task_id;
+    if (in.metadata) s.metadata = merge_metadata(s.metadata, *in.metadata);
+    if (in.completed_at) s.completed_at = in.completed_at;
+    if (in.heartbeat_timeout_s) s.heartbeat_timeout_s = *in.heartbeat_timeout_s;
+    if (in.last_heartbeat) {
+      s.last_heartbeat = *in.last_heartbeat;
+      rearm(s);
+    } else if (in.heartbeat_timeout_s) {
+      rearm(s);
+    }
+    // Resuming a session gives it a full timeout from now: never stall it early.
+    if (s.status == session_status::active && before != session_status::active &&
+        !in.last_heartbeat) {
+      s.deadline_at = std::max(s.deadline_at, now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000);
+    }
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.updated", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// DELETE /sessions/:id — completed from any status.
+task_of<session> session_service::soft_delete(std::string id) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<session> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    s.status = session_status::completed;
+    s.completed_at = now;
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.completed", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// POST /sessions/:id/heartbeat — the hot path: one indexed read and one narrow update.
+task_of<heartbeat_outcome> session_service::heartbeat(std::string id) {
+  auto fn = [&](write_txn& tx) -> result<heartbeat_outcome> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    if (s.status == session_status::completed || s.status == session_status::failed) {
+      return make_error(errc::bad_request, "Cannot update heartbeat for " +
+                                               std::string(to_string(s.status)) + " session");
+    }
+    // Time is read inside the transaction so that heartbeats are ordered like their commits.
+    const timestamp now = clock_.now();
+    heartbeat_outcome out;
+    out.reactivated = s.status == session_status::stalled;
+    if (out.reactivated) s.status = session_status::active;
+    s.last_heartbeat = now;
+    s.updated_at = now;
+    rearm(s);
+    tx.update_session_liveness(s);
+    if (out.reactivated) tx.append_event(session_event("session.reactivated", s, now));
+    out.s = std::move(s);
+    return out;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::stale(double threshold_s,
+                                                                    timestamp now) {
+  session_filter f;
+  f.statuses = status_set::of({session_status::active, session_status::paused});
+  f.last_heartbeat_before = now - static_cast<std::int64_t>(std::llround(threshold_s * 1000));
+  f.order = session_order::last_heartbeat_asc;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::active(
+    std::optional<std::string> project_id, std::optional<std::string> machine_id) {
+  session_filter f;
+  f.statuses = status_set::of({session_status::active});
+  f.project_id = std::move(project_id);
+  f.machine_id = std::move(machine_id);
+  f.order = session_order::started_desc;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::by_project(std::string project_id) {
+  session_filter f;
+  f.project_id = std::move(project_id);
+  f.order = session_order::started_desc;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::by_machine(std::string machine_id) {
+  session_filter f;
+  f.machine_id = std::move(machine_id);
+  f.order = session_order::started_desc;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::failed(session_list_query q) {
+  session_filter f;
+  f.statuses = status_set::of({session_status::failed});
+  f.project_id = std::move(q.project_id);
+  f.machine_id = std::move(q.machine_id);
+  f.order = session_order::completed_desc;
+  f.limit = q.limit;
+  f.offset = q.offset;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+task_of<failure_info_data> session_service::failure_info(std::string id) {
+  auto fn = [&](read_view& v) -> result<failure_info_data> {
+    auto s = v.get_session(id);
+    if (!s) return session_not_found(id);
+    if (s->status != session_status::failed) {
+      return make_error(errc::bad_request, "Session is not in failed state (current status: " +
+                                               std::string(to_string(s->status)) + ")");
+    }
+    storage::task_filter tf;
+    tf.session_id = id;
+    failure_info_data out{std::move(*s), v.list_tasks(tf)};
+    return out;
+  };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+// POST /sessions/:id/mark-failed
+task_of<session> session_service::mark_failed(std::string id, std::string reason,
+                                              std::optional<json::object> error_details) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<session> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    if (s.status == session_status::completed) {
+      return make_error(errc::bad_request, "Cannot mark completed session as failed");
+    }
+    if (s.status != session_status::failed || !s.completed_at) s.completed_at = now;
+    s.status = session_status::failed;
+    json::object patch;
+    patch["failure_reason"] = reason;
+    patch["failure_timestamp"] = iso(now);
+    if (error_details) patch["error_details"] = *error_details;
+    s.metadata = merge_metadata(s.metadata, patch);
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.failed", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// POST /sessions/:id/mark-stalled
+task_of<session> session_service::mark_stalled(std::string id, std::string reason) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<session> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    if (s.status == session_status::completed || s.status == session_status::failed) {
+      return make_error(errc::bad_request, "Cannot mark " + std::string(to_string(s.status)) +
+                                               " session as stalled");
+    }
+    s.status = session_status::stalled;
+    json::object patch;
+    patch["stalled_reason"] = reason;
+    patch["stalled_timestamp"] = iso(now);
+    s.metadata = merge_metadata(s.metadata, patch);
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.stalled", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// POST /sessions/:id/archive
+task_of<session> session_service::archive(std::string id) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<session> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    if (!is_terminal_for_archive(s.status)) {
+      return make_error(errc::bad_request,
+                        "Cannot archive session with status \"" + std::string(to_string(s.status)) +
+                            "\". Only completed, failed, or already archived sessions can be "
+                            "archived.");
+    }
+    s.status = session_status::archived;
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.archived", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// DELETE /sessions/:id/purge — confirm is checked before existence (contract §4.5.2).
+task_of<purge_outcome> session_service::purge(std::string id, bool confirm) {
+  if (!confirm) {
+    co_return make_error(errc::bad_request,
+                         "Confirmation required to permanently delete session. Set confirm=true.");
+  }
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<purge_outcome> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    if (!is_terminal_for_archive(found->status)) {
+      return make_error(errc::bad_request, "Cannot purge session with status \"" +
+                                               std::string(to_string(found->status)) +
+                                               "\". Only completed, failed, or archived sessions "
+                                               "can be purged.");
+    }
+    purge_outcome out{id, tx.delete_tasks_of_session(id), now};
+    tx.delete_session(id);
+    tx.append_event(session_event("session.deleted", *found, now));
+    return out;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// POST /sessions/cleanup — only terminal sessions are touched; the rest are counted as skipped.
+task_of<cleanup_outcome> session_service::cleanup(cleanup_input in) {
+  const timestamp now = clock_.now();
+  const auto cutoff = now - static_cast<std::int64_t>(std::llround(in.older_than_days * day_ms));
+  auto fn = [&](write_txn& tx) -> result<cleanup_outcome> {
+    cleanup_outcome out;
+    out.operation = in.dry_run ? "dry_run" : in.archive ? "archive" : "delete";
+    out.completed_at = now;
+    for (auto st : in.statuses) {
+      bool listed = false;
+      for (const auto& [k, n] : out.breakdown) listed = listed || k == st;
+      if (!listed) out.breakdown.emplace_back(st, 0);
+    }
+    status_set wanted;
+    for (auto st : in.statuses) wanted.bits |= status_set::of({st}).bits;
+    if (wanted.empty()) return out;
+    session_filter f;
+    f.statuses = wanted;
+    f.created_before = cutoff;
+    f.order = session_order::created_desc;
+    auto matches = tx.list_sessions(f);
+    for (auto& s : matches) {
+      if (!is_terminal_for_archive(s.status)) {
+        ++out.sessions_skipped;
+        continue;
+      }
+      ++out.sessions_affected;
+      for (auto& [k, n] : out.breakdown) {
+        if (k == s.status) ++n;
+      }
+      storage::task_filter tf;
+      tf.session_id = s.session_id;
+      if (in.dry_run) {
+        out.tasks_deleted += tx.count_tasks(tf);
+      } else if (in.archive) {
+        out.tasks_deleted += tx.count_tasks(tf);
+        if (s.status != session_status::archived) {
+          s.status = session_status::archived;
+          s.updated_at = now;
+          tx.update_session(s);
+          tx.append_event(session_event("session.archived", s, now));
+        }
+      } else {
+        out.tasks_deleted += tx.delete_tasks_of_session(s.session_id);
+        tx.delete_session(s.session_id);
+        tx.append_event(session_event("session.deleted", s, now));
+      }
+    }
+    return out;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::archived(session_list_query q) {
+  session_filter f;
+  f.statuses = status_set::of({session_status::archived});
+  f.project_id = std::move(q.project_id);
+  f.machine_id = std::move(q.machine_id);
+  f.order = session_order::updated_desc;
+  f.limit = q.limit;
+  f.offset = q.offset;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+boost::asio::awaitable<std::vector<session>> session_service::recoverable(recoverable_query q,
+                                                                          timestamp now) {
+  session_filter f;
+  f.statuses = status_set::of({session_status::failed, session_status::stalled});
+  f.project_id = std::move(q.project_id);
+  f.machine_id = std::move(q.machine_id);
+  if (q.max_age_minutes) {
+    f.last_heartbeat_at_least = now - static_cast<std::int64_t>(std::llround(*q.max_age_minutes * 60000));
+  }
+  if (q.min_age_minutes && *q.min_age_minutes > 0) {
+    f.last_heartbeat_at_most = now - static_cast<std::int64_t>(std::llround(*q.min_age_minutes * 60000));
+  }
+  f.order = session_order::last_heartbeat_asc;
+  auto fn = [&f](read_view& v) { return v.list_sessions(f); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+// POST /sessions/:id/prepare-recovery — appends a checkpoint, keeps every other recovery key.
+task_of<prepare_recovery_outcome> session_service::prepare_recovery(std::string id) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<prepare_recovery_outcome> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    if (s.status == session_status::completed) {
+      return make_error(errc::bad_request, "Cannot prepare recovery for completed sessions");
+    }
+    json::object meta = parse_metadata(s.metadata);
+    const std::int64_t attempts = recovery_attempts(meta);
+    if (attempts >= max_recovery_attempts) {
+      return make_error(errc::bad_request, "Maximum recovery attempts (3) reached for this session");
+    }
+    prepare_recovery_outcome out{s, attempts, now};
+    json::object snapshot = meta;
+    snapshot.erase("recovery");
+    json::object checkpoint;
+    checkpoint["captured_at"] = iso(now);
+    checkpoint["status"] = to_string(s.status);
+    checkpoint["machine_id"] = s.machine_id;
+    if (s.docker_slot) checkpoint["docker_slot"] = *s.docker_slot;
+    if (s.current_task_id) checkpoint["current_task_id"] = *s.current_task_id;
+    checkpoint["last_heartbeat"] = iso(s.last_heartbeat);
+    checkpoint["metadata_snapshot"] = std::move(snapshot);
+    json::object recovery = recovery_of(meta);
+    recovery["recovery_attempts"] = attempts;
+    recovery["last_checkpoint_at"] = iso(now);
+    auto* list = recovery.if_contains("recovery_checkpoints");
+    if (list == nullptr || !list->is_array()) {
+      recovery["recovery_checkpoints"] = json::array();
+      list = recovery.if_contains("recovery_checkpoints");
+    }
+    list->as_array().emplace_back(std::move(checkpoint));
+    meta["recovery"] = std::move(recovery);
+    s.metadata = serialize_metadata(meta);
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.recovery_prepared", s, now));
+    return out;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// POST /sessions/:id/recover — order: session 404, completed 400, task 404/400, attempts 400.
+task_of<session> session_service::recover(std::string id, recover_input in) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<session> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    if (s.status == session_status::completed) {
+      return make_error(errc::bad_request, "Cannot recover completed sessions");
+    }
+    if (in.resume_from_task_id) {
+      auto t = tx.get_task(*in.resume_from_task_id);
+      if (!t) {
+        return make_error(errc::not_found, "Task with ID " + *in.resume_from_task_id + " not found");
+      }
+      if (t->session_id != s.session_id) {
+        return make_error(errc::bad_request, "Task " + *in.resume_from_task_id +
+                                                 " does not belong to session " + s.session_id);
+      }
+    }
+    json::object meta = parse_metadata(s.metadata);
+    const std::int64_t attempts = recovery_attempts(meta);
+    if (attempts >= max_recovery_attempts) {
+      return make_error(errc::bad_request, "Maximum recovery attempts (3) reached for this session");
+    }
+    s.status = session_status::active;
+    s.last_heartbeat = now;
+    rearm(s);
+    if (in.new_machine_id && !in.new_machine_id->empty()) s.machine_id = *in.new_machine_id;
+    if (in.new_docker_slot) s.docker_slot = in.new_docker_slot;
+    if (in.resume_from_task_id) s.current_task_id = in.resume_from_task_id;
+    json::object attempt;
+    attempt["attempted_at"] = iso(now);
+    attempt["success"] = true;
+    if (in.new_machine_id) attempt["new_machine_id"] = *in.new_machine_id;
+    if (in.new_docker_slot) attempt["new_docker_slot"] = *in.new_docker_slot;
+    if (in.resume_from_task_id) attempt["resumed_from_task_id"] = *in.resume_from_task_id;
+    json::object recovery = recovery_of(meta);
+    recovery["recovery_attempts"] = attempts + 1;
+    recovery["last_recovery_at"] = iso(now);
+    auto* history = recovery.if_contains("recovery_history");
+    if (history == nullptr || !history->is_array()) {
+      recovery["recovery_history"] = json::array();
+      history = recovery.if_contains("recovery_history");
+    }
+    history->as_array().emplace_back(std::move(attempt));
+    if (!recovery.contains("recovery_checkpoints")) recovery["recovery_checkpoints"] = json::array();
+    meta["recovery"] = std::move(recovery);
+    s.metadata = serialize_metadata(meta);
+    s.epoch += 1;
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.recovered", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// Stall detection: active sessions whose deadline passed become stalled, one event each.
+boost::asio::awaitable<std::vector<session>> session_service::sweep_stalled(timestamp now,
+                                                                            std::int64_t batch) {
+  auto fn = [&](write_txn& tx) -> result<std::vector<session>> {
+    session_filter f;
+    f.statuses = status_set::of({session_status::active});
+    f.deadline_before = now;
+    f.order = session_order::deadline_asc;
+    f.limit = batch;
+    auto due = tx.list_sessions(f);
+    for (auto& s : due) {
+      s.status = session_status::stalled;
+      s.updated_at = now;
+      tx.update_session_liveness(s);
+      tx.append_event(session_event("session.stalled", s, now));
+    }
+    return due;
+  };
+  auto r = co_await storage::write(store_, std::move(fn));
+  co_return std::move(r.value());
+}
+
+// Retention: completed/failed sessions (and their tasks) past the horizon are deleted, and so
+// are completed/failed tasks past it.
+boost::asio::awaitable<std::int64_t> session_service::apply_retention(timestamp completed_before,
+                                                                      std::int64_t batch) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<std::int64_t> {
+    session_filter f;
+    f.statuses = status_set::of({session_status::completed, session_status::failed});
+    f.completed_before = completed_before;
+    f.order = session_order::completed_desc;
+    f.limit = batch;
+    auto old = tx.list_sessions(f);
+    std::int64_t n = 0;
+    for (const auto& s : old) {
+      tx.delete_tasks_of_session(s.session_id);
+      tx.delete_session(s.session_id);
+      tx.append_event(session_event("session.deleted", s, now));
+      ++n;
+    }
+    storage::task_filter tf;
+    tf.statuses_any = {task_status::completed, task_status::failed};
+    tf.completed_before = completed_before;
+    n += tx.delete_tasks(tf);
+    return n;
+  };
+  auto r = co_await storage::write(store_, std::move(fn));
+  co_return r.value();
+}
+
+boost::asio::awaitable<std::int64_t> session_service::auto_archive(timestamp completed_before,
+                                                                   std::int64_t batch) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<std::int64_t> {
+    session_filter f;
+    f.statuses = status_set::of({session_status::completed, session_status::failed});
+    f.completed_before = completed_before;
+    f.order = session_order::completed_desc;
+    f.limit = batch;
+    auto old = tx.list_sessions(f);
+    for (auto& s : old) {
+      s.status = session_status::archived;
+      s.updated_at = now;
+      tx.update_session(s);
+      tx.append_event(session_event("session.archived", s, now));
+    }
+    return static_cast<std::int64_t>(old.size());
+  };
+  auto r = co_await storage::write(store_, std::move(fn));
+  co_return r.value();
+}
+
+}  // namespace statetrack::core

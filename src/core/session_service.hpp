@@ -1,0 +1,161 @@
+// Session use cases: create, update, heartbeat, failure handling, archival, cleanup and
+// recovery. Each write reads the current row, applies the contract's rules and writes the new
+// state plus its outbox event in one transaction (the store serialises writers, so every
+// transition is a compare-and-set). Created once by the app; safe to call from any thread.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/model.hpp"
+#include "storage/store.hpp"
+
+namespace statetrack::core {
+
+template <class T>
+using task_of = boost::asio::awaitable<result<T>>;
+
+inline constexpr int max_recovery_attempts = 3;
+
+struct create_session_input {
+  std::string project_id;
+  std::string machine_id;
+  std::optional<double> docker_slot;
+  std::string metadata = "{}";
+  std::optional<int> heartbeat_timeout_s;
+};
+
+struct update_session_input {
+  std::optional<session_status> status;
+  std::optional<double> docker_slot;
+  bool clear_docker_slot = false;
+  std::optional<std::string> current_task_id;
+  bool clear_current_task_id = false;
+  std::optional<boost::json::object> metadata;  // shallow-merged
+  std::optional<timestamp> last_heartbeat;
+  std::optional<timestamp> completed_at;
+  std::optional<int> heartbeat_timeout_s;
+};
+
+struct heartbeat_outcome {
+  session s;
+  bool reactivated = false;  // the session was stalled before this heartbeat
+};
+
+struct purge_outcome {
+  std::string session_id;
+  std::int64_t tasks_deleted = 0;
+  timestamp purged_at;
+};
+
+struct cleanup_input {
+  double older_than_days = 0;
+  std::vector<session_status> statuses;
+  bool dry_run = false;
+  bool archive = true;
+};
+
+struct cleanup_outcome {
+  std::int64_t sessions_affected = 0;
+  std::int64_t sessions_skipped = 0;
+  std::int64_t tasks_deleted = 0;
+  std::vector<std::pair<session_status, std::int64_t>> breakdown;  // one per requested status
+  std::string operation;
+  timestamp completed_at;
+};
+
+struct prepare_recovery_outcome {
+  session before;  // the session as it was before this call
+  std::int64_t recovery_attempts = 0;
+  timestamp checkpoint_at;
+};
+
+struct recover_input {
+  std::optional<std::string> new_machine_id;
+  std::optional<double> new_docker_slot;
+  std::optional<std::string> resume_from_task_id;
+};
+
+struct failure_info_data {
+  session s;
+  std::vector<task> tasks;
+};
+
+struct session_list_query {
+  std::optional<session_status> status;
+  std::optional<std::string> project_id;
+  std::optional<std::string> machine_id;
+  std::int64_t limit = 20;
+  std::int64_t offset = 0;
+};
+
+struct recoverable_query {
+  std::optional<std::string> project_id;
+  std::optional<std::string> machine_id;
+  std::optional<double> max_age_minutes;
+  std::optional<double> min_age_minutes;
+};
+
+struct sweep_outcome {
+  std::int64_t changed = 0;
+};
+
+class session_service {
+ public:
+  session_service(storage::store& store, const clock& clk) : store_(store), clock_(clk) {}
+
+  task_of<session> create(create_session_input in);
+  task_of<session> get(std::string id);
+  boost::asio::awaitable<std::vector<session>> list(session_list_query q);
+  task_of<session> update(std::string id, update_session_input in);
+  task_of<session> soft_delete(std::string id);
+  task_of<heartbeat_outcome> heartbeat(std::string id);
+
+  boost::asio::awaitable<std::vector<session>> stale(double threshold_s, timestamp now);
+  boost::asio::awaitable<std::vector<session>> active(std::optional<std::string> project_id,
+                                                      std::optional<std::string> machine_id);
+  boost::asio::awaitable<std::vector<session>> by_project(std::string project_id);
+  boost::asio::awaitable<std::vector<session>> by_machine(std::string machine_id);
+
+  boost::asio::awaitable<std::vector<session>> failed(session_list_query q);
+  task_of<failure_info_data> failure_info(std::string id);
+  task_of<session> mark_failed(std::string id, std::string reason,
+                               std::optional<boost::json::object> error_details);
+  task_of<session> mark_stalled(std::string id, std::string reason);
+
+  task_of<session> archive(std::string id);
+  task_of<purge_outcome> purge(std::string id, bool confirm);
+  task_of<cleanup_outcome> cleanup(cleanup_input in);
+  boost::asio::awaitable<std::vector<session>> archived(session_list_query q);
+
+  boost::asio::awaitable<std::vector<session>> recoverable(recoverable_query q, timestamp now);
+  task_of<prepare_recovery_outcome> prepare_recovery(std::string id);
+  task_of<session> recover(std::string id, recover_input in);
+
+  // Background sweeps (compare-and-set over indexed deadlines), safe to run concurrently.
+  boost::asio::awaitable<std::vector<session>> sweep_stalled(timestamp now, std::int64_t batch);
+  boost::asio::awaitable<std::int64_t> apply_retention(timestamp completed_before,
+                                                       std::int64_t batch);
+  boost::asio::awaitable<std::int64_t> auto_archive(timestamp completed_before,
+                                                    std::int64_t batch);
+
+  const clock& time() const { return clock_; }
+
+ private:
+  storage::store& store_;
+  const clock& clock_;
+};
+
+// The recovery attempt counter kept in metadata.recovery.recovery_attempts.
+std::int64_t recovery_attempts(const boost::json::object& metadata);
+std::int64_t recovery_attempts(const session& s);
+
+error session_not_found(std::string_view id);
+
+}  // namespace statetrack::core

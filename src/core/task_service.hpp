@@ -1,0 +1,69 @@
+// Task use cases (contract §4.7): create under an existing session, update with the
+// transition table, start/complete/fail actions that also maintain the parent session's
+// current_task_id atomically, soft delete, listings and per-session progress.
+#pragma once
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/clock.hpp"
+#include "core/error.hpp"
+#include "core/model.hpp"
+#include "storage/store.hpp"
+
+namespace statetrack::core {
+
+struct create_task_input {
+  std::string session_id;
+  std::string project_id;
+  std::string task_name;
+  std::optional<std::string> github_issue_id;
+  std::string metadata = "{}";
+};
+
+struct update_task_input {
+  std::optional<task_status> status;
+  std::optional<std::string> github_issue_id;
+  bool clear_github_issue_id = false;
+  std::optional<std::string> error_message;
+  bool clear_error_message = false;
+  std::optional<boost::json::object> metadata;  // shallow-merged
+};
+
+struct task_list_query {
+  std::optional<std::string> session_id;
+  std::optional<task_status> status;
+  std::optional<std::string> project_id;
+  std::int64_t limit = 20;
+  std::int64_t offset = 0;
+};
+
+// PUT /tasks/:id transition table (contract §4.7); same status is not a transition.
+bool task_transition_allowed(task_status from, task_status to);
+
+error task_not_found(std::string_view id);
+
+class task_service {
+ public:
+  task_service(storage::store& store, const clock& clk) : store_(store), clock_(clk) {}
+
+  boost::asio::awaitable<result<task>> create(create_task_input in);
+  boost::asio::awaitable<result<task>> get(std::string id);
+  boost::asio::awaitable<std::vector<task>> list(task_list_query q);
+  boost::asio::awaitable<result<task>> update(std::string id, update_task_input in);
+  boost::asio::awaitable<result<task>> soft_delete(std::string id);
+  boost::asio::awaitable<result<task>> start(std::string id);
+  boost::asio::awaitable<result<task>> complete(std::string id);
+  boost::asio::awaitable<result<task>> fail(std::string id, std::string error_message);
+  // All tasks of an existing session, newest first (404 if the session does not exist).
+  boost::asio::awaitable<result<std::vector<task>>> of_session(std::string session_id);
+
+ private:
+  storage::store& store_;
+  const clock& clock_;
+};
+
+}  // namespace statetrack::core

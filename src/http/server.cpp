@@ -1,0 +1,314 @@
+// Beast-based connection handling (the only file that includes Beast).
+#include "http/server.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/parser.hpp>
+
+#include "http/message.hpp"
+#include "http/pipeline.hpp"
+#include "obs/logger.hpp"
+#include "obs/metrics.hpp"
+
+namespace statetrack::http {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace bhttp = boost::beast::http;
+using tcp = asio::ip::tcp;
+
+struct server::connection_state {
+  beast::tcp_stream* stream = nullptr;
+  asio::any_io_executor executor;
+  std::atomic<bool> busy{false};
+};
+
+namespace {
+
+method to_method(bhttp::verb v) {
+  switch (v) {
+    case bhttp::verb::get: return method::get;
+    case bhttp::verb::head: return method::head;
+    case bhttp::verb::post: return method::post;
+    case bhttp::verb::put: return method::put;
+    case bhttp::verb::patch: return method::patch;
+    case bhttp::verb::delete_: return method::del;
+    case bhttp::verb::options: return method::options;
+    default: return method::other;
+  }
+}
+
+std::string trimmed(beast::string_view v) {
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  return std::string(v);
+}
+
+void fill_request(request& out, bhttp::request<bhttp::string_body>& in, const std::string& ip) {
+  out.verb = to_method(in.method());
+  out.method_text = std::string(in.method_string());
+  out.target = std::string(in.target());
+  out.body = std::move(in.body());
+  out.client_ip = ip;
+  out.keep_alive = in.keep_alive();
+  for (const auto& f : in) {
+    switch (f.name()) {
+      case bhttp::field::content_type: out.content_type = std::string(f.value()); break;
+      case bhttp::field::authorization: out.authorization = trimmed(f.value()); break;
+      case bhttp::field::origin: out.origin = std::string(f.value()); break;
+      case bhttp::field::access_control_request_headers:
+        out.acr_headers = std::string(f.value());
+        break;
+      default: {
+        auto name = f.name_string();
+        if (beast::iequals(name, "x-api-key")) {
+          out.api_key = trimmed(f.value());
+        } else if (beast::iequals(name, "x-request-id")) {
+          out.request_id = trimmed(f.value());
+        } else if (beast::iequals(name, "last-event-id")) {
+          out.last_event_id = trimmed(f.value());
+        }
+      }
+    }
+  }
+}
+
+void append_uint(std::string& s, std::size_t v) { s += std::to_string(v); }
+
+// Serialises status line, headers and (unless HEAD) body into one buffer.
+std::string serialize(const response& res, bool head_only, bool keep_alive, unsigned version) {
+  std::string out;
+  out.reserve(res.body.size() + 256);
+  out += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+  append_uint(out, res.status);
+  out += ' ';
+  out += reason_phrase(res.status);
+  out += "\r\n";
+  if (res.status != 204 && res.status != 304) {
+    out += "Content-Type: ";
+    out += res.content_type;
+    out += "\r\nContent-Length: ";
+    append_uint(out, res.body.size());
+    out += "\r\n";
+  }
+  for (const auto& [name, value] : res.headers) {
+    out += name;
+    out += ": ";
+    out += value;
+    out += "\r\n";
+  }
+  if (!keep_alive) {
+    out += "Connection: close\r\n";
+  } else if (version == 10) {
+    out += "Connection: keep-alive\r\n";
+  }
+  out += "\r\n";
+  if (!head_only && res.status != 204 && res.status != 304) out += res.body;
+  return out;
+}
+
+}  // namespace
+
+server::server(asio::io_context& ioc, pipeline& p, server_options opts, obs::logger& log,
+               obs::registry& metrics)
+    : ioc_(ioc), pipeline_(p), opts_(std::move(opts)), log_(log), acceptor_(ioc) {
+  open_connections_ =
+      &metrics.add_gauge("statetrack_http_open_connections", "Open client connections");
+  accepted_ = &metrics.add_counter("statetrack_http_connections_accepted_total",
+                                   "Accepted client connections");
+  rejected_ = &metrics.add_counter("statetrack_http_connections_rejected_total",
+                                   "Connections closed at once because the limit was reached");
+}
+
+server::~server() = default;
+
+tcp::endpoint server::listen() {
+  auto addr = asio::ip::make_address(opts_.host);
+  tcp::endpoint ep(addr, opts_.port);
+  acceptor_.open(ep.protocol());
+  acceptor_.set_option(asio::socket_base::reuse_address(true));
+  acceptor_.bind(ep);
+  acceptor_.listen(asio::socket_base::max_listen_connections);
+  return acceptor_.local_endpoint();
+}
+
+void server::start() {
+  asio::co_spawn(ioc_, accept_loop(), [this](const std::exception_ptr& ep) {
+    if (!ep) return;
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      obs::fields f;
+      f.add("error", e.what());
+      log_.error("HTTP", "accept loop ended", &f);
+    }
+  });
+}
+
+std::size_t server::connections() const {
+  std::lock_guard lk(mu_);
+  return conns_.size();
+}
+
+void server::begin_drain() {
+  draining_ = true;
+  asio::post(ioc_, [this] {
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+  });
+  std::lock_guard lk(mu_);
+  for (const auto& c : conns_) {
+    asio::post(c->executor, [c] {
+      // Idle keep-alive connections are closed now; busy ones close after their response.
+      if (!c->busy.load() && c->stream != nullptr) c->stream->socket().cancel();
+    });
+  }
+}
+
+asio::awaitable<void> server::accept_loop() {
+  for (;;) {
+    boost::system::error_code ec;
+    tcp::socket socket = co_await acceptor_.async_accept(
+        asio::make_strand(ioc_), asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      if (ec == asio::error::operation_aborted || draining_) co_return;
+      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+        // Out of file descriptors: back off briefly instead of spinning.
+        asio::steady_timer t(ioc_, std::chrono::milliseconds(50));
+        co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      }
+      continue;
+    }
+    if (connections() >= opts_.max_connections) {
+      rejected_->inc();
+      boost::system::error_code ignored;
+      socket.close(ignored);
+      continue;
+    }
+    accepted_->inc();
+    auto ex = socket.get_executor();
+    asio::co_spawn(ex, serve(std::move(socket)), [this](const std::exception_ptr& ep) {
+      if (!ep) return;
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        obs::fields f;
+        f.add("error", e.what());
+        log_.error("HTTP", "connection ended by an exception", &f);
+      }
+    });
+  }
+}
+
+asio::awaitable<void> server::serve(tcp::socket socket) {
+  boost::system::error_code ec;
+  socket.set_option(tcp::no_delay(true), ec);
+  std::string ip;
+  {
+    auto remote = socket.remote_endpoint(ec);
+    if (!ec) ip = remote.address().to_string();
+  }
+  beast::tcp_stream stream(std::move(socket));
+  auto state = std::make_shared<connection_state>();
+  state->stream = &stream;
+  state->executor = stream.get_executor();
+  {
+    std::lock_guard lk(mu_);
+    conns_.insert(state);
+  }
+  open_connections_->add(1);
+  struct unregister {
+    server* self;
+    std::shared_ptr<connection_state> s;
+    ~unregister() {
+      s->stream = nullptr;
+      std::lock_guard lk(self->mu_);
+      self->conns_.erase(s);
+      self->open_connections_->add(-1);
+    }
+  } guard{this, state};
+
+  beast::flat_buffer buffer;
+  for (;;) {
+    if (draining_) break;
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.header_limit(static_cast<std::uint32_t>(opts_.max_header_bytes));
+    parser.body_limit(opts_.max_body_bytes);
+    stream.expires_after(buffer.size() > 0 ? opts_.read_timeout : opts_.idle_timeout);
+    co_await bhttp::async_read_header(stream, buffer, parser,
+                                      asio::redirect_error(asio::use_awaitable, ec));
+    state->busy = true;
+    request req;
+    response res;
+    bool reject = false;
+    if (!ec) {
+      auto& h = parser.get();
+      if (beast::iequals(h[bhttp::field::expect], "100-continue") && !parser.is_done()) {
+        if (h.has_content_length() && parser.content_length().value_or(0) > opts_.max_body_bytes) {
+          ec = bhttp::error::body_limit;
+        } else {
+          static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
+          co_await asio::async_write(stream, asio::buffer(cont.data(), cont.size()),
+                                     asio::redirect_error(asio::use_awaitable, ec));
+          if (ec) break;
+        }
+      }
+      if (!ec && !parser.is_done()) {
+        stream.expires_after(opts_.read_timeout);
+        co_await bhttp::async_read(stream, buffer, parser,
+                                   asio::redirect_error(asio::use_awaitable, ec));
+      }
+    }
+    if (ec) {
+      // Socket-level outcomes close quietly; oversized or malformed requests get an answer.
+      if (ec == bhttp::error::body_limit) {
+        fill_request(req, parser.get(), ip);
+        pipeline_.reject(req, 413, "request entity too large", res);
+        reject = true;
+      } else if (ec == bhttp::error::header_limit) {
+        req.method_text = "UNKNOWN";
+        pipeline_.reject(req, 431, "Request header fields too large", res);
+        reject = true;
+      } else if (ec.category() == bhttp::make_error_code(bhttp::error::end_of_stream).category() &&
+                 ec != bhttp::error::end_of_stream && ec != bhttp::error::partial_message) {
+        req.method_text = "UNKNOWN";
+        pipeline_.reject(req, 400, "Malformed HTTP request", res);
+        reject = true;
+      } else {
+        break;
+      }
+    }
+    bool keep_alive = false;
+    unsigned version = 11;
+    bool head_only = false;
+    if (!reject) {
+      auto msg = parser.release();
+      version = msg.version();
+      fill_request(req, msg, ip);
+      head_only = req.verb == method::head;
+      co_await pipeline_.handle(req, res);
+      keep_alive = req.keep_alive && !res.close && !draining_;
+    }
+    std::string out = serialize(res, head_only, keep_alive, version);
+    stream.expires_after(opts_.read_timeout);
+    co_await asio::async_write(stream, asio::buffer(out),
+                               asio::redirect_error(asio::use_awaitable, ec));
+    state->busy = false;
+    if (ec || !keep_alive) break;
+  }
+  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+  stream.close();
+}
+
+}  // namespace statetrack::http

@@ -1,0 +1,74 @@
+// The HTTP/1.1 listener: an accept loop and one coroutine per connection on its own strand.
+// Every read is bounded in size and time; responses are serialised in one buffer. On stop it
+// closes the acceptor, closes idle keep-alive connections and lets in-flight requests finish.
+// Owned by the app; its coroutines run on the app's io_context threads.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_set>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+
+namespace statetrack::obs {
+class logger;
+class registry;
+class gauge;
+class counter;
+}  // namespace statetrack::obs
+
+namespace statetrack::http {
+
+class pipeline;
+
+struct server_options {
+  std::string host = "0.0.0.0";
+  std::uint16_t port = 3000;
+  std::size_t max_body_bytes = 100 * 1024;
+  std::size_t max_header_bytes = 16 * 1024;
+  std::chrono::seconds idle_timeout{75};
+  std::chrono::seconds read_timeout{30};
+  std::size_t max_connections = 10000;
+};
+
+class server {
+ public:
+  server(boost::asio::io_context& ioc, pipeline& p, server_options opts, obs::logger& log,
+         obs::registry& metrics);
+  ~server();
+
+  // Binds and listens; returns the bound endpoint. Throws on failure (address in use...).
+  boost::asio::ip::tcp::endpoint listen();
+  // Starts accepting (spawns the accept loop on the io_context).
+  void start();
+  // Stops accepting, closes idle connections, asks busy ones to close after their response.
+  void begin_drain();
+  std::size_t connections() const;
+
+  struct connection_state;
+
+ private:
+  boost::asio::awaitable<void> accept_loop();
+  boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket);
+
+  boost::asio::io_context& ioc_;
+  pipeline& pipeline_;
+  server_options opts_;
+  obs::logger& log_;
+  boost::asio::ip::tcp::acceptor acceptor_;
+  std::atomic<bool> draining_{false};
+  mutable std::mutex mu_;
+  std::unordered_set<std::shared_ptr<connection_state>> conns_;
+  obs::gauge* open_connections_ = nullptr;
+  obs::counter* accepted_ = nullptr;
+  obs::counter* rejected_ = nullptr;
+};
+
+}  // namespace statetrack::http

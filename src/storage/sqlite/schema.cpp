@@ -1,0 +1,103 @@
+// Migration 1: sessions, tasks, machines, the event outbox and API keys, with the indexes
+// every query and sweep uses (sweeps are index range scans over deadlines).
+#include "storage/sqlite/schema.hpp"
+
+namespace statetrack::storage::sqlite {
+
+const std::vector<migration>& migrations() {
+  static const std::vector<migration> list = {
+      {1, "initial schema", R"sql(
+CREATE TABLE sessions (
+  id INTEGER PRIMARY KEY,
+  session_id TEXT NOT NULL UNIQUE,
+  oid TEXT NOT NULL,
+  project_id TEXT NOT NULL,
+  machine_id TEXT NOT NULL,
+  docker_slot REAL,
+  status TEXT NOT NULL CHECK (status IN ('active','paused','completed','failed','stalled','archived')),
+  last_heartbeat INTEGER NOT NULL,
+  current_task_id TEXT,
+  started_at INTEGER NOT NULL,
+  completed_at INTEGER,
+  metadata TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL,
+  heartbeat_timeout_s INTEGER NOT NULL,
+  deadline_at INTEGER NOT NULL,
+  epoch INTEGER NOT NULL
+) STRICT;
+CREATE INDEX sessions_status_created ON sessions(status, created_at);
+CREATE INDEX sessions_created ON sessions(created_at);
+CREATE INDEX sessions_project ON sessions(project_id, status);
+CREATE INDEX sessions_machine ON sessions(machine_id, status);
+CREATE INDEX sessions_active_deadline ON sessions(deadline_at) WHERE status = 'active';
+CREATE INDEX sessions_terminal_completed ON sessions(completed_at)
+  WHERE status IN ('completed','failed');
+CREATE INDEX sessions_archived_updated ON sessions(updated_at) WHERE status = 'archived';
+
+CREATE TABLE tasks (
+  id INTEGER PRIMARY KEY,
+  task_id TEXT NOT NULL UNIQUE,
+  oid TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  project_id TEXT NOT NULL,
+  github_issue_id TEXT,
+  task_name TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('pending','in_progress','completed','failed','blocked')),
+  started_at INTEGER,
+  completed_at INTEGER,
+  error_message TEXT,
+  metadata TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX tasks_session ON tasks(session_id, status);
+CREATE INDEX tasks_project ON tasks(project_id, status);
+CREATE INDEX tasks_created ON tasks(created_at);
+CREATE INDEX tasks_terminal_completed ON tasks(completed_at) WHERE status IN ('completed','failed');
+
+CREATE TABLE machines (
+  id INTEGER PRIMARY KEY,
+  machine_id TEXT NOT NULL UNIQUE,
+  oid TEXT NOT NULL,
+  hostname TEXT NOT NULL,
+  docker_slots TEXT NOT NULL,
+  active_sessions TEXT NOT NULL,
+  status TEXT NOT NULL CHECK (status IN ('online','offline','maintenance')),
+  last_heartbeat INTEGER NOT NULL,
+  metadata TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX machines_online_heartbeat ON machines(last_heartbeat) WHERE status = 'online';
+
+CREATE TABLE events (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  type TEXT NOT NULL,
+  occurred_at INTEGER NOT NULL,
+  project_id TEXT NOT NULL,
+  session_id TEXT NOT NULL,
+  task_id TEXT NOT NULL,
+  machine_id TEXT NOT NULL,
+  data TEXT NOT NULL
+) STRICT;
+CREATE INDEX events_session ON events(session_id, seq) WHERE session_id <> '';
+CREATE INDEX events_occurred ON events(occurred_at);
+
+CREATE TABLE api_keys (
+  id INTEGER PRIMARY KEY,
+  prefix TEXT NOT NULL,
+  hash TEXT NOT NULL UNIQUE,
+  name TEXT NOT NULL,
+  role TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  last_used_at INTEGER,
+  revoked_at INTEGER
+) STRICT;
+CREATE INDEX api_keys_prefix ON api_keys(prefix);
+)sql"},
+  };
+  return list;
+}
+
+}  // namespace statetrack::storage::sqlite
