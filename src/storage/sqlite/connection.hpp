@@ -72,6 +72,8 @@ class connection {
   void exec(std::string_view sql);
   // A cached prepared statement for this SQL text.
   statement prepare(const std::string& sql);
+  // Runs one cached statement without results (BEGIN, COMMIT, SAVEPOINT...).
+  void run(const std::string& sql) { prepare(sql).exec(); }
   sqlite3* handle() const { return db_; }
   std::int64_t last_insert_rowid() const;
   bool in_transaction() const;

@@ -612,8 +612,9 @@ void apply_pragmas(connection& c, bool writer, bool synchronous_full) {
     c.exec("PRAGMA journal_mode=WAL");
     c.exec(synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
   }
+  // Checkpoints are driven by the writer's WAL hook (sqlite_store::wal_hook).
   c.exec("PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32768; "
-         "PRAGMA mmap_size=268435456");
+         "PRAGMA mmap_size=268435456; PRAGMA wal_autocheckpoint=0");
 }
 
 std::vector<int> apply_migrations(connection& c) {
@@ -706,6 +707,7 @@ sqlite_store::sqlite_store(store_options opts, obs::registry* metrics) : opts_(s
         "statetrack_store_commit_seconds", "Time to execute and commit one batch",
         obs::latency_bounds_seconds(), {{"backend", "sqlite"}});
   }
+  sqlite3_wal_hook(writer_conn_->handle(), &sqlite_store::wal_hook, this);
   writer_ = std::thread([this] { writer_loop(); });
 }
 
@@ -719,44 +721,96 @@ void sqlite_store::close() {
   }
   cv_.notify_all();
   if (writer_.joinable()) writer_.join();
-  std::lock_guard lk(readers_mu_);
-  readers_.clear();
+  {
+    std::lock_guard lk(readers_mu_);
+    readers_.clear();
+  }
+  // Fold the WAL into the database file so a stopped store is one self-contained file.
+  try {
+    writer_conn_->exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  } catch (const storage_error&) {  // NOLINT(bugprone-empty-catch): the WAL stays valid
+  }
 }
 
-std::unique_ptr<connection> sqlite_store::acquire_reader() {
+// Called by SQLite on the writer thread after each commit with the WAL size in pages. Past
+// the threshold the committed frames are copied into the database file (a PASSIVE checkpoint,
+// as SQLite's autocheckpoint does) after idle pooled readers have dropped stale snapshots, so
+// that the next transaction can restart the WAL from its beginning and the file stays small.
+int sqlite_store::wal_hook(void* self, sqlite3* db, const char* /*name*/, int pages) {
+  auto* store = static_cast<sqlite_store*>(self);
+  if (pages < store->opts_.checkpoint_pages) return SQLITE_OK;
+  const std::uint64_t gen = store->generation_.load(std::memory_order_acquire) + 1;
+  {
+    std::lock_guard rl(store->readers_mu_);
+    for (auto& r : store->readers_) {
+      if (r.open && r.snapshot != gen) {
+        try {
+          r.conn->run("COMMIT");
+        } catch (const storage_error&) {  // NOLINT(bugprone-empty-catch): retried next time
+        }
+        r.open = false;
+      }
+    }
+  }
+  sqlite3_wal_checkpoint_v2(db, "main", SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+  return SQLITE_OK;
+}
+
+sqlite_store::reader sqlite_store::acquire_reader() {
   {
     std::lock_guard lk(readers_mu_);
     if (!readers_.empty()) {
-      auto c = std::move(readers_.back());
+      reader r = std::move(readers_.back());
       readers_.pop_back();
-      return c;
+      return r;
     }
   }
   open_options o;
   o.read_only = false;  // read_only handles cannot see a WAL created by another connection
   o.create = false;
-  auto c = std::make_unique<connection>(opts_.path, o);
-  apply_pragmas(*c, false, opts_.synchronous_full);
-  c->exec("PRAGMA query_only=ON");
-  return c;
+  reader r;
+  r.conn = std::make_unique<connection>(opts_.path, o);
+  apply_pragmas(*r.conn, false, opts_.synchronous_full);
+  r.conn->exec("PRAGMA query_only=ON");
+  return r;
 }
 
-void sqlite_store::release_reader(std::unique_ptr<connection> c) {
+void sqlite_store::release_reader(reader r) {
   std::lock_guard lk(readers_mu_);
-  if (readers_.size() < 64) readers_.push_back(std::move(c));
+  if (readers_.size() < 64) readers_.push_back(std::move(r));
 }
 
+// Reads keep their read transaction open between calls while nothing has been committed, so
+// a read costs no file locking; the first read after a commit starts a fresh snapshot. A write
+// completes only after the generation moved, so every read that follows sees it.
 void sqlite_store::read_now(const read_fn& fn) {
-  auto c = acquire_reader();
-  struct returner {
-    sqlite_store* self;
-    std::unique_ptr<connection>& c;
-    ~returner() {
-      if (c && !c->in_transaction()) self->release_reader(std::move(c));
+  reader r = acquire_reader();
+  connection& c = *r.conn;
+  const std::uint64_t gen = generation_.load(std::memory_order_acquire);
+  if (r.open && r.snapshot != gen) {
+    c.run("COMMIT");
+    r.open = false;
+  }
+  if (!r.open) {
+    c.run("BEGIN");
+    r.open = true;
+    r.snapshot = gen;
+  }
+  try {
+    ops view(c);
+    fn(view);
+  } catch (...) {
+    if (c.in_transaction()) {
+      try {
+        c.run("ROLLBACK");
+      } catch (...) {  // NOLINT(bugprone-empty-catch): the original error is what matters
+      }
     }
-  } guard{this, c};
-  ops view(*c);
-  fn(view);
+    r.open = false;
+    release_reader(std::move(r));
+    throw;
+  }
+  release_reader(std::move(r));
 }
 
 asio::awaitable<void> sqlite_store::run_read(read_fn fn) {
@@ -825,14 +879,23 @@ void sqlite_store::writer_loop() {
       queue_depth_.store(queue_.size(), std::memory_order_relaxed);
     }
     execute_batch(batch);
+    // Waiting coroutines are resumed by one function posted to an I/O thread, which then
+    // posts each to its own strand: one cross-thread wake-up per batch, not per write.
+    std::vector<job*> async_jobs;
     for (job* j : batch) {
       if (j->sync_cv != nullptr) {
         std::lock_guard lk(*j->sync_mu);
         *j->sync_done = true;
         j->sync_cv->notify_one();
       } else {
-        complete(j);
+        async_jobs.push_back(j);
       }
+    }
+    if (!async_jobs.empty()) {
+      auto ex = async_jobs.front()->executor;
+      asio::post(ex, [jobs = std::move(async_jobs)] {
+        for (job* j : jobs) complete(j);
+      });
     }
     batch.clear();
   }
@@ -845,7 +908,7 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
   const bool single = batch.size() == 1;
   std::vector<bool> kept(batch.size(), false);
   try {
-    c.exec("BEGIN IMMEDIATE");
+    c.run("BEGIN IMMEDIATE");
   } catch (...) {
     auto ep = std::current_exception();
     for (job* j : batch) j->error = ep;
@@ -855,7 +918,7 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
   bool any_kept = false;
   for (std::size_t i = 0; i < batch.size(); ++i) {
     job* j = batch[i];
-    if (!single) c.exec("SAVEPOINT w");
+    if (!single) c.run("SAVEPOINT w");
     bool keep = false;
     const bool appended_before = tx.appended_;
     const std::int64_t seq_before = tx.last_seq_;
@@ -876,8 +939,8 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
       return;
     }
     if (!single) {
-      if (!keep) c.exec("ROLLBACK TO w");
-      c.exec("RELEASE w");
+      if (!keep) c.run("ROLLBACK TO w");
+      c.run("RELEASE w");
     }
     if (!keep) {
       tx.appended_ = appended_before;
@@ -888,9 +951,9 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
   }
   try {
     if (any_kept) {
-      c.exec("COMMIT");
+      c.run("COMMIT");
     } else {
-      c.exec("ROLLBACK");
+      c.run("ROLLBACK");
       tx.appended_ = false;
     }
   } catch (...) {
@@ -907,6 +970,7 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
     failed_commits_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  generation_.fetch_add(1, std::memory_order_acq_rel);
   commits_.fetch_add(1, std::memory_order_relaxed);
   writes_.fetch_add(batch.size(), std::memory_order_relaxed);
   if (batch_size_ != nullptr) batch_size_->observe(static_cast<double>(batch.size()));

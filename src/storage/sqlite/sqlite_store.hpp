@@ -29,6 +29,7 @@ struct store_options {
   std::string path;
   int max_batch = 1024;  // writes per commit at most
   bool synchronous_full = true;
+  int checkpoint_pages = 4000;  // WAL size (pages) that triggers a checkpoint after a commit
 };
 
 class sqlite_store final : public store {
@@ -55,20 +56,28 @@ class sqlite_store final : public store {
   struct job;
 
  private:
-  struct pooled;
-  std::unique_ptr<connection> acquire_reader();
-  void release_reader(std::unique_ptr<connection> c);
+  // A read connection and the commit generation its open read transaction has seen.
+  struct reader {
+    std::unique_ptr<connection> conn;
+    std::uint64_t snapshot = 0;
+    bool open = false;
+  };
+  reader acquire_reader();
+  void release_reader(reader r);
   void enqueue(job* j);
   void writer_loop();
   void execute_batch(std::vector<job*>& batch);
+  static int wal_hook(void* self, sqlite3* db, const char* name, int pages);
 
   store_options opts_;
   std::unique_ptr<connection> writer_conn_;
   std::mutex readers_mu_;
-  std::vector<std::unique_ptr<connection>> readers_;
+  std::vector<reader> readers_;
+  // Bumped after every commit; a reader whose snapshot is older starts a new one.
+  std::atomic<std::uint64_t> generation_{1};
 
   std::mutex mu_;
-  std::condition_variable cv_;
+  std::condition_variable cv_;  // wakes the writer
   std::vector<job*> queue_;
   bool stopping_ = false;
   std::thread writer_;
