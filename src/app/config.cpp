@@ -161,6 +161,9 @@ const std::vector<option_def>& table() {
 po::options_description describe(bool with_config) {
   po::options_description d("statetrack serve options");
   d.add_options()("help,h", "Show this help");
+  if (with_config) {
+    d.add_options()("help-markdown", "Print the options as the Markdown table of docs/configuration.md");
+  }
   if (with_config) d.add_options()("config", po::value<std::string>(), "Read options from FILE (key = value lines)");
   for (const auto& o : table()) {
     std::string help = o.help;
@@ -225,6 +228,10 @@ parse_outcome parse_serve_args(const std::vector<std::string>& args) {
   }
   if (cli.count("help") != 0) {
     std::cout << serve_help();
+    return out;
+  }
+  if (cli.count("help-markdown") != 0) {
+    std::cout << options_markdown();
     return out;
   }
   if (cli.count("config") != 0) {
