@@ -3,6 +3,7 @@
 #include "core/types.hpp"
 
 #include <charconv>
+#include <climits>
 #include <chrono>
 #include <random>
 
@@ -76,33 +77,42 @@ void append_iso(std::string& out, timestamp t) {
   std::int64_t ms = t.ms;
   std::int64_t days = ms >= 0 ? ms / 86400000 : (ms - 86399999) / 86400000;
   std::int64_t rem = ms - days * 86400000;
-  civil c = civil_from_days(days);
+  // Rendering a list formats many timestamps of the same day: keep the date part per thread.
+  thread_local std::int64_t cached_day = INT64_MIN;
+  thread_local char date_part[16];
+  thread_local std::size_t date_len = 0;
+  if (days != cached_day) {
+    civil c = civil_from_days(days);
+    char* p = date_part;
+    if (c.y >= 0 && c.y <= 9999) {
+      auto y = static_cast<unsigned>(c.y);
+      put2(p, y / 100);
+      put2(p + 2, y % 100);
+      p += 4;
+    } else {
+      // Expanded years as JavaScript does: sign and six digits.
+      *p++ = c.y < 0 ? '-' : '+';
+      auto y = static_cast<unsigned>(c.y < 0 ? -c.y : c.y);
+      for (int i = 5; i >= 0; --i) {
+        p[i] = static_cast<char>('0' + y % 10);
+        y /= 10;
+      }
+      p += 6;
+    }
+    *p++ = '-';
+    put2(p, c.m);
+    p += 2;
+    *p++ = '-';
+    put2(p, c.d);
+    p += 2;
+    *p++ = 'T';
+    date_len = static_cast<std::size_t>(p - date_part);
+    cached_day = days;
+  }
   auto sec_of_day = static_cast<unsigned>(rem / 1000);
   auto milli = static_cast<unsigned>(rem % 1000);
-  char buf[32];
+  char buf[16];
   char* p = buf;
-  if (c.y >= 0 && c.y <= 9999) {
-    auto y = static_cast<unsigned>(c.y);
-    put2(p, y / 100);
-    put2(p + 2, y % 100);
-    p += 4;
-  } else {
-    // Expanded years as JavaScript does: sign and six digits.
-    *p++ = c.y < 0 ? '-' : '+';
-    auto y = static_cast<unsigned>(c.y < 0 ? -c.y : c.y);
-    for (int i = 5; i >= 0; --i) {
-      p[i] = static_cast<char>('0' + y % 10);
-      y /= 10;
-    }
-    p += 6;
-  }
-  *p++ = '-';
-  put2(p, c.m);
-  p += 2;
-  *p++ = '-';
-  put2(p, c.d);
-  p += 2;
-  *p++ = 'T';
   put2(p, sec_of_day / 3600);
   p += 2;
   *p++ = ':';
@@ -116,6 +126,7 @@ void append_iso(std::string& out, timestamp t) {
   put2(p, milli % 100);
   p += 2;
   *p++ = 'Z';
+  out.append(date_part, date_len);
   out.append(buf, p);
 }
 

@@ -1,6 +1,7 @@
 // JSON text emission with UTF-8 validation and JavaScript-compatible number formatting.
 #include "util/json_writer.hpp"
 
+#include <array>
 #include <charconv>
 #include <cmath>
 
@@ -39,19 +40,28 @@ std::size_t utf8_sequence_length(std::string_view s, std::size_t i) {
 
 }  // namespace
 
+// Bytes that need attention: control characters, quote, backslash, and every non-ASCII byte
+// (validated as UTF-8). Everything else is copied in runs.
+constexpr std::array<bool, 256> special_table = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 256; ++c) t[static_cast<std::size_t>(c)] = c < 0x20 || c == '"' || c == '\\' || c >= 0x80;
+  return t;
+}();
+
 void append_json_escaped(std::string& out, std::string_view s) {
   std::size_t i = 0;
   std::size_t run = 0;  // start of the pending run of plain bytes
-  while (i < s.size()) {
+  const std::size_t n = s.size();
+  while (i < n) {
     auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\' && c < 0x80) {
+    if (!special_table[c]) {
       ++i;
       continue;
     }
     if (c >= 0x80) {
-      std::size_t n = utf8_sequence_length(s, i);
-      if (n != 0) {
-        i += n;
+      std::size_t len = utf8_sequence_length(s, i);
+      if (len != 0) {
+        i += len;
         continue;
       }
       out.append(s.data() + run, i - run);
@@ -77,7 +87,7 @@ void append_json_escaped(std::string& out, std::string_view s) {
     ++i;
     run = i;
   }
-  out.append(s.data() + run, s.size() - run);
+  out.append(s.data() + run, n - run);
 }
 
 void json_writer::sep() {

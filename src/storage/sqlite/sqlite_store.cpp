@@ -326,7 +326,13 @@ class ops final : public write_txn {
 
   std::vector<session> list_sessions(const session_filter& f) override {
     auto w = session_where(f);
-    std::string sql = std::string("SELECT ") + session_cols + " FROM sessions" + w.sql;
+    std::string sql = std::string("SELECT ") + session_cols + " FROM sessions";
+    // The stall sweep must be a range scan over the partial deadline index (O(expired)); the
+    // planner would otherwise pick the status index and sort every active session.
+    if (f.deadline_before && f.statuses.bits == status_set::of({core::session_status::active}).bits) {
+      sql += " INDEXED BY sessions_active_deadline";
+    }
+    sql += w.sql;
     sql += order_clause(f.order);
     append_limit(sql, f.limit, f.offset);
     auto st = c_.prepare(sql);
