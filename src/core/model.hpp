@@ -30,6 +30,10 @@ struct session {
   // Liveness: a session is overdue once now > deadline_at = last_heartbeat + timeout.
   int heartbeat_timeout_s = default_heartbeat_timeout_s;
   timestamp deadline_at;
+  // Key of the stall-sweep index, never later than deadline_at. Heartbeats move deadline_at
+  // only and leave this alone, so the hot path never rewrites an index entry; the sweep
+  // re-arms it to deadline_at when it finds a session that is not overdue after all.
+  timestamp sweep_at;
   // Ownership generation, bumped on recovery (fencing).
   std::int64_t epoch = 1;
 };

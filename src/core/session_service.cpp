@@ -27,9 +27,10 @@ bool is_terminal_for_archive(session_status s) {
          s == session_status::archived;
 }
 
-// Re-arms the liveness deadline from the last heartbeat.
+// Re-arms the liveness deadline from the last heartbeat, and the sweep index with it.
 void rearm(session& s) {
   s.deadline_at = s.last_heartbeat + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000;
+  s.sweep_at = s.deadline_at;
 }
 
 std::string iso(timestamp t) { return format_iso(t); }
@@ -135,6 +136,7 @@ task_of<session> session_service::update(std::string id, update_session_input in
     if (s.status == session_status::active && before != session_status::active &&
         !in.last_heartbeat) {
       s.deadline_at = std::max(s.deadline_at, now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000);
+      s.sweep_at = s.deadline_at;
     }
     s.updated_at = now;
     tx.update_session(s);
@@ -178,7 +180,8 @@ task_of<heartbeat_outcome> session_service::heartbeat(std::string id) {
     if (out.reactivated) s.status = session_status::active;
     s.last_heartbeat = now;
     s.updated_at = now;
-    rearm(s);
+    // Only deadline_at moves (later); sweep_at stays, so no index entry is rewritten.
+    s.deadline_at = now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000;
     tx.update_session_liveness(s);
     if (out.reactivated) tx.append_event(session_event("session.reactivated", s, now));
     out.s = std::move(s);
@@ -534,22 +537,32 @@ task_of<session> session_service::recover(std::string id, recover_input in) {
 }
 
 // Stall detection: active sessions whose deadline passed become stalled, one event each.
-boost::asio::awaitable<std::vector<session>> session_service::sweep_stalled(timestamp now,
-                                                                            std::int64_t batch) {
-  auto fn = [&](write_txn& tx) -> result<std::vector<session>> {
+// Candidates come from the sweep index (sweep_at <= deadline_at); only those whose real
+// deadline passed are stalled, the others are re-armed at their deadline.
+boost::asio::awaitable<sweep_outcome> session_service::sweep_stalled(timestamp now,
+                                                                     std::int64_t batch) {
+  auto fn = [&](write_txn& tx) -> result<sweep_outcome> {
     session_filter f;
     f.statuses = status_set::of({session_status::active});
-    f.deadline_before = now;
-    f.order = session_order::deadline_asc;
+    f.sweep_before = now;
+    f.order = session_order::sweep_asc;
     f.limit = batch;
     auto due = tx.list_sessions(f);
+    sweep_outcome out;
+    out.examined = static_cast<std::int64_t>(due.size());
     for (auto& s : due) {
-      s.status = session_status::stalled;
-      s.updated_at = now;
-      tx.update_session_liveness(s);
-      tx.append_event(session_event("session.stalled", s, now));
+      if (s.deadline_at < now) {
+        s.status = session_status::stalled;
+        s.updated_at = now;
+        tx.update_session(s);
+        tx.append_event(session_event("session.stalled", s, now));
+        out.stalled.push_back(std::move(s));
+      } else {
+        s.sweep_at = s.deadline_at;
+        tx.update_session(s);
+      }
     }
-    return due;
+    return out;
   };
   auto r = co_await storage::write(store_, std::move(fn));
   co_return std::move(r.value());

@@ -103,7 +103,8 @@ struct recoverable_query {
 };
 
 struct sweep_outcome {
-  std::int64_t changed = 0;
+  std::vector<session> stalled;  // sessions this pass moved to stalled
+  std::int64_t examined = 0;     // index candidates looked at (stalled or re-armed)
 };
 
 class session_service {
@@ -139,7 +140,7 @@ class session_service {
   task_of<session> recover(std::string id, recover_input in);
 
   // Background sweeps (compare-and-set over indexed deadlines), safe to run concurrently.
-  boost::asio::awaitable<std::vector<session>> sweep_stalled(timestamp now, std::int64_t batch);
+  boost::asio::awaitable<sweep_outcome> sweep_stalled(timestamp now, std::int64_t batch);
   boost::asio::awaitable<std::int64_t> apply_retention(timestamp completed_before,
                                                        std::int64_t batch);
   boost::asio::awaitable<std::int64_t> auto_archive(timestamp completed_before,

@@ -137,7 +137,8 @@ asio::awaitable<void> scheduler::loop(std::size_t index, std::chrono::seconds ev
 asio::awaitable<std::int64_t> scheduler::run_stall_sweep() {
   std::int64_t total = 0;
   for (;;) {
-    auto stalled = co_await sessions_.sweep_stalled(clock_.now(), batch);
+    auto pass = co_await sessions_.sweep_stalled(clock_.now(), batch);
+    const auto& stalled = pass.stalled;
     for (const auto& s : stalled) {
       obs::fields f;
       f.add("event", "session.stalled")
@@ -148,7 +149,7 @@ asio::awaitable<std::int64_t> scheduler::run_stall_sweep() {
     }
     total += static_cast<std::int64_t>(stalled.size());
     stalls_detected_->inc(stalled.size());
-    if (static_cast<std::int64_t>(stalled.size()) < batch) break;
+    if (pass.examined < batch) break;
   }
   co_return total;
 }

@@ -37,7 +37,7 @@ enum class session_order {
   last_heartbeat_asc,   // stale, recoverable
   completed_desc,       // failed
   updated_desc,         // archived
-  deadline_asc,         // stall sweep
+  sweep_asc,            // stall sweep
 };
 
 struct session_filter {
@@ -49,7 +49,7 @@ struct session_filter {
   std::optional<timestamp> last_heartbeat_at_most;   // <=
   std::optional<timestamp> created_before;           // strictly before
   std::optional<timestamp> completed_before;         // strictly before
-  std::optional<timestamp> deadline_before;          // strictly before
+  std::optional<timestamp> sweep_before;             // strictly before (sweep_at)
   session_order order = session_order::created_desc;
   std::int64_t limit = 0;  // 0 = no limit
   std::int64_t offset = 0;

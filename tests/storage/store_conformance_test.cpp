@@ -49,6 +49,7 @@ session make_session(const std::string& id, const std::string& project, session_
   s.status = st;
   s.last_heartbeat = s.started_at = s.created_at = s.updated_at = timestamp{created_ms};
   s.deadline_at = timestamp{created_ms + 300'000};
+  s.sweep_at = s.deadline_at;
   s.metadata = R"({"k":"v"})";
   return s;
 }
@@ -96,6 +97,7 @@ TEST_P(StoreConformance, SessionRoundTripKeepsEveryField) {
   EXPECT_EQ(got->metadata, R"({"k":"v"})");
   EXPECT_EQ(got->heartbeat_timeout_s, 42);
   EXPECT_EQ(got->deadline_at, timestamp{301'000});
+  EXPECT_EQ(got->sweep_at, timestamp{301'000});
   EXPECT_EQ(got->epoch, 7);
 }
 
@@ -141,14 +143,14 @@ TEST_P(StoreConformance, FiltersAndOrders) {
   EXPECT_EQ(counts[static_cast<std::size_t>(session_status::failed)], 1);
 }
 
-TEST_P(StoreConformance, DeadlineRangeScanForSweeps) {
-  put(make_session("due", "p", session_status::active, 0));          // deadline 300000
-  put(make_session("later", "p", session_status::active, 100'000));  // deadline 400000
+TEST_P(StoreConformance, SweepIndexRangeScan) {
+  put(make_session("due", "p", session_status::active, 0));          // sweep_at 300000
+  put(make_session("later", "p", session_status::active, 100'000));  // sweep_at 400000
   put(make_session("paused", "p", session_status::paused, 0));
   session_filter f;
   f.statuses = status_set::of({session_status::active});
-  f.deadline_before = timestamp{350'000};
-  f.order = session_order::deadline_asc;
+  f.sweep_before = timestamp{350'000};
+  f.order = session_order::sweep_asc;
   auto due = list(f);
   ASSERT_EQ(due.size(), 1U);
   EXPECT_EQ(due[0].session_id, "due");

@@ -24,13 +24,14 @@ CREATE TABLE sessions (
   updated_at INTEGER NOT NULL,
   heartbeat_timeout_s INTEGER NOT NULL,
   deadline_at INTEGER NOT NULL,
+  sweep_at INTEGER NOT NULL,
   epoch INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX sessions_status_created ON sessions(status, created_at);
 CREATE INDEX sessions_created ON sessions(created_at);
 CREATE INDEX sessions_project ON sessions(project_id, status);
 CREATE INDEX sessions_machine ON sessions(machine_id, status);
-CREATE INDEX sessions_active_deadline ON sessions(deadline_at) WHERE status = 'active';
+CREATE INDEX sessions_active_sweep ON sessions(sweep_at) WHERE status = 'active';
 CREATE INDEX sessions_terminal_completed ON sessions(completed_at)
   WHERE status IN ('completed','failed');
 CREATE INDEX sessions_archived_updated ON sessions(updated_at) WHERE status = 'archived';

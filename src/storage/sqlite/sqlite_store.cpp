@@ -34,7 +34,7 @@ namespace {
 constexpr const char* session_cols =
     "oid, session_id, project_id, machine_id, docker_slot, status, last_heartbeat, "
     "current_task_id, started_at, completed_at, metadata, created_at, updated_at, "
-    "heartbeat_timeout_s, deadline_at, epoch";
+    "heartbeat_timeout_s, deadline_at, sweep_at, epoch";
 
 session read_session(const statement& st) {
   session s;
@@ -53,7 +53,8 @@ session read_session(const statement& st) {
   s.updated_at = {st.col_int(12)};
   s.heartbeat_timeout_s = static_cast<int>(st.col_int(13));
   s.deadline_at = {st.col_int(14)};
-  s.epoch = st.col_int(15);
+  s.sweep_at = {st.col_int(15)};
+  s.epoch = st.col_int(16);
   return s;
 }
 
@@ -62,7 +63,7 @@ std::optional<std::int64_t> opt_ms(const std::optional<core::timestamp>& t) {
   return t->ms;
 }
 
-// Binds the 16 session columns starting at index `first`, in session_cols order.
+// Binds the 17 session columns starting at index `first`, in session_cols order.
 void bind_session(statement& st, const session& s, int first) {
   int i = first;
   st.bind(i++, s.oid)
@@ -80,6 +81,7 @@ void bind_session(statement& st, const session& s, int first) {
       .bind(i++, s.updated_at.ms)
       .bind(i++, static_cast<std::int64_t>(s.heartbeat_timeout_s))
       .bind(i++, s.deadline_at.ms)
+      .bind(i++, s.sweep_at.ms)
       .bind(i++, s.epoch);
 }
 
@@ -265,7 +267,7 @@ where_builder session_where(const session_filter& f) {
   if (f.last_heartbeat_at_most) w.add("last_heartbeat <= ?", f.last_heartbeat_at_most->ms);
   if (f.created_before) w.add("created_at < ?", f.created_before->ms);
   if (f.completed_before) w.add("completed_at < ?", f.completed_before->ms);
-  if (f.deadline_before) w.add("deadline_at < ?", f.deadline_before->ms);
+  if (f.sweep_before) w.add("sweep_at < ?", f.sweep_before->ms);
   return w;
 }
 
@@ -276,7 +278,7 @@ std::string_view order_clause(session_order o) {
     case session_order::last_heartbeat_asc: return " ORDER BY last_heartbeat ASC, id ASC";
     case session_order::completed_desc: return " ORDER BY completed_at DESC, id DESC";
     case session_order::updated_desc: return " ORDER BY updated_at DESC, id DESC";
-    case session_order::deadline_asc: return " ORDER BY deadline_at ASC, id ASC";
+    case session_order::sweep_asc: return " ORDER BY sweep_at ASC, id ASC";
   }
   return "";
 }
@@ -327,10 +329,10 @@ class ops final : public write_txn {
   std::vector<session> list_sessions(const session_filter& f) override {
     auto w = session_where(f);
     std::string sql = std::string("SELECT ") + session_cols + " FROM sessions";
-    // The stall sweep must be a range scan over the partial deadline index (O(expired)); the
+    // The stall sweep must be a range scan over the partial sweep index (O(due)); the
     // planner would otherwise pick the status index and sort every active session.
-    if (f.deadline_before && f.statuses.bits == status_set::of({core::session_status::active}).bits) {
-      sql += " INDEXED BY sessions_active_deadline";
+    if (f.sweep_before && f.statuses.bits == status_set::of({core::session_status::active}).bits) {
+      sql += " INDEXED BY sessions_active_sweep";
     }
     sql += w.sql;
     sql += order_clause(f.order);
@@ -459,7 +461,7 @@ class ops final : public write_txn {
 
   void insert_session(const session& s) override {
     static const std::string sql = std::string("INSERT INTO sessions (") + session_cols +
-                                   ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+                                   ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     auto st = c_.prepare(sql);
     bind_session(st, s, 1);
     st.exec();
@@ -469,11 +471,11 @@ class ops final : public write_txn {
     static const std::string sql =
         "UPDATE sessions SET oid=?, session_id=?, project_id=?, machine_id=?, docker_slot=?, "
         "status=?, last_heartbeat=?, current_task_id=?, started_at=?, completed_at=?, "
-        "metadata=?, created_at=?, updated_at=?, heartbeat_timeout_s=?, deadline_at=?, epoch=? "
-        "WHERE session_id = ?";
+        "metadata=?, created_at=?, updated_at=?, heartbeat_timeout_s=?, deadline_at=?, sweep_at=?, "
+        "epoch=? WHERE session_id = ?";
     auto st = c_.prepare(sql);
     bind_session(st, s, 1);
-    st.bind(17, s.session_id);
+    st.bind(18, s.session_id);
     return st.exec() > 0;
   }
 

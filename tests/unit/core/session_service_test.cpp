@@ -214,18 +214,18 @@ TEST_F(SessionServiceTest, StallSweepUsesTheDeadlineStrictly) {
   auto s = create(10);
   auto paused = in_status(session_status::paused);
   clock_.set(t0 + 10'000);  // exactly at the deadline: not yet overdue
-  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).empty());
+  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled.empty());
   clock_.set(t0 + 10'001);
-  auto stalled = run_sync(svc_.sweep_stalled(clock_.now(), 100));
+  auto stalled = run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled;
   ASSERT_EQ(stalled.size(), 1U);
   EXPECT_EQ(stalled[0].session_id, s.session_id);
   EXPECT_EQ(run_sync(svc_.get(s.session_id))->status, session_status::stalled);
   // Paused sessions are never swept, however old.
   clock_.set(t0 + 86'400'000);
-  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).empty());
+  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled.empty());
   EXPECT_EQ(run_sync(svc_.get(paused.session_id))->status, session_status::paused);
   // The sweep is idempotent: a stalled session is not re-reported.
-  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).empty());
+  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled.empty());
 }
 
 TEST_F(SessionServiceTest, HeartbeatPushesTheDeadline) {
@@ -233,9 +233,39 @@ TEST_F(SessionServiceTest, HeartbeatPushesTheDeadline) {
   clock_.set(t0 + 9'000);
   ASSERT_TRUE(run_sync(svc_.heartbeat(s.session_id)));
   clock_.set(t0 + 15'000);
-  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).empty());
+  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled.empty());
   clock_.set(t0 + 19'001);
-  EXPECT_EQ(run_sync(svc_.sweep_stalled(clock_.now(), 100)).size(), 1U);
+  EXPECT_EQ(run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled.size(), 1U);
+}
+
+TEST_F(SessionServiceTest, HeartbeatsLeaveTheSweepIndexAloneAndTheSweepReArmsIt) {
+  auto s = create(10);
+  EXPECT_EQ(s.sweep_at, t0 + 10'000);
+  clock_.set(t0 + 9'000);
+  ASSERT_TRUE(run_sync(svc_.heartbeat(s.session_id)));
+  auto after_hb = run_sync(svc_.get(s.session_id)).value();
+  EXPECT_EQ(after_hb.deadline_at, t0 + 19'000);
+  EXPECT_EQ(after_hb.sweep_at, t0 + 10'000);  // no index rewrite on the hot path
+  clock_.set(t0 + 12'000);
+  auto pass = run_sync(svc_.sweep_stalled(clock_.now(), 100));
+  EXPECT_EQ(pass.examined, 1);
+  EXPECT_TRUE(pass.stalled.empty());
+  EXPECT_EQ(run_sync(svc_.get(s.session_id))->sweep_at, t0 + 19'000);
+  // Not a candidate again until its real deadline.
+  clock_.set(t0 + 15'000);
+  EXPECT_EQ(run_sync(svc_.sweep_stalled(clock_.now(), 100)).examined, 0);
+  clock_.set(t0 + 19'001);
+  EXPECT_EQ(run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled.size(), 1U);
+}
+
+TEST_F(SessionServiceTest, MovingTheHeartbeatBackRearmsTheSweepEarlier) {
+  auto s = create(300);
+  update_session_input in;
+  in.last_heartbeat = t0 - 400'000;
+  auto r = run_sync(svc_.update(s.session_id, std::move(in))).value();
+  EXPECT_EQ(r.deadline_at, t0 - 100'000);
+  EXPECT_EQ(r.sweep_at, r.deadline_at);
+  EXPECT_EQ(run_sync(svc_.sweep_stalled(clock_.now(), 100)).stalled.size(), 1U);
 }
 
 TEST_F(SessionServiceTest, ResumingAPausedSessionGivesItAFullTimeout) {
@@ -248,7 +278,7 @@ TEST_F(SessionServiceTest, ResumingAPausedSessionGivesItAFullTimeout) {
   resume.status = session_status::active;
   auto r = run_sync(svc_.update(s.session_id, std::move(resume))).value();
   EXPECT_EQ(r.deadline_at, clock_.now() + 10'000);
-  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now() + 5'000, 100)).empty());
+  EXPECT_TRUE(run_sync(svc_.sweep_stalled(clock_.now() + 5'000, 100)).stalled.empty());
 }
 
 TEST_F(SessionServiceTest, CleanupTouchesOnlyOldTerminalSessions) {
