@@ -27,9 +27,7 @@ std::string type_message(const field_spec& f, std::string_view prefix = {}) {
   std::string p = std::string(prefix) + std::string(f.name);
   switch (f.kind) {
     case field_kind::string: return p + " must be a string";
-    case field_kind::number:
-      return f.integer ? p + " must be an integer number"
-                       : p + " must be a number conforming to the specified constraints";
+    case field_kind::number: return p + " must be a number conforming to the specified constraints";
     case field_kind::boolean: return p + " must be a boolean value";
     case field_kind::object: return p + " must be an object";
     case field_kind::number_array:
@@ -97,8 +95,12 @@ void check_field(const field_spec& f, json::value& v, std::vector<std::string>& 
     case field_kind::number: {
       if (f.coerce_number && v.is_string()) v = js_number(v.as_string());
       auto n = as_finite_number(v);
-      if (!n || v.is_bool() || (f.integer && std::floor(*n) != *n)) {
+      if (!n || v.is_bool()) {
         out.push_back(type_message(f));
+        return;
+      }
+      if (f.integer && std::floor(*n) != *n) {
+        out.push_back(std::string(f.name) + " must be an integer number");
         return;
       }
       if (f.integer && v.is_double()) v = static_cast<std::int64_t>(*n);
@@ -280,8 +282,12 @@ core::result<json::object> validate_query(
     }
     if (f.kind == field_kind::number) {
       double n = js_number(v->as_string());
-      if (!std::isfinite(n) || (f.integer && std::floor(n) != n)) {
+      if (!std::isfinite(n)) {
         msgs.push_back(type_message(f));
+        continue;
+      }
+      if (f.integer && std::floor(n) != n) {
+        msgs.push_back(std::string(f.name) + " must be an integer number");
         continue;
       }
       if (f.integer) {

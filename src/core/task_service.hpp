@@ -1,13 +1,16 @@
 // Task use cases (contract §4.7): create under an existing session, update with the
 // transition table, start/complete/fail actions that also maintain the parent session's
-// current_task_id atomically, soft delete, listings and per-session progress.
+// current_task_id atomically, soft delete, listings and per-session progress. Created once by
+// the app; safe to call from any thread (every write is one store transaction).
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
-#include <boost/json/object.hpp>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
@@ -43,6 +46,15 @@ struct task_list_query {
 
 // PUT /tasks/:id transition table (contract §4.7); same status is not a transition.
 bool task_transition_allowed(task_status from, task_status to);
+
+// The action endpoints' own rules (contract §4.7.6–§4.7.8, §6.2): nullopt when the action is
+// allowed from `from`, else the contract's 400 message.
+std::optional<std::string> start_refusal(task_status from);
+std::optional<std::string> complete_refusal(task_status from);
+std::optional<std::string> fail_refusal(task_status from);
+
+// round(100 * completed / total) with halves rounded up, computed exactly; 0 when total is 0.
+std::int64_t completion_percentage(std::int64_t completed, std::int64_t total);
 
 error task_not_found(std::string_view id);
 
