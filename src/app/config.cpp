@@ -26,36 +26,31 @@ struct option_def {
   std::function<std::string(config&, const std::string&)> set;  // returns an error or ""
 };
 
-std::string set_int(std::int64_t& field, const std::string& v, std::int64_t lo, std::int64_t hi,
-                    const char* name) {
+// Setters return an error text (without the option name) or "".
+std::string set_int(std::int64_t& field, const std::string& v, std::int64_t lo, std::int64_t hi) {
   std::int64_t n = 0;
   auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-  if (ec != std::errc() || p != v.data() + v.size()) {
-    return std::string("--") + name + ": '" + v + "' is not an integer";
-  }
+  if (ec != std::errc() || p != v.data() + v.size()) return "'" + v + "' is not an integer";
   if (n < lo || n > hi) {
-    return std::string("--") + name + ": " + v + " is out of range [" + std::to_string(lo) +
-           ", " + std::to_string(hi) + "]";
+    return v + " is out of range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]";
   }
   field = n;
   return {};
 }
 
-std::string set_bool(bool& field, const std::string& v, const char* name) {
+std::string set_bool(bool& field, const std::string& v) {
   if (v == "1" || v == "true" || v == "yes" || v == "on" || v.empty()) {
     field = true;
   } else if (v == "0" || v == "false" || v == "no" || v == "off") {
     field = false;
   } else {
-    return std::string("--") + name + ": '" + v + "' is not a boolean";
+    return "'" + v + "' is not a boolean";
   }
   return {};
 }
 
-#define ST_INT(member, lo, hi)                                             \
-  [](config& c, const std::string& v) {                                    \
-    return set_int(c.member, v, lo, hi, #member);                          \
-  }
+#define ST_INT(member, lo, hi) \
+  [](config& c, const std::string& v) { return set_int(c.member, v, lo, hi); }
 
 const std::vector<option_def>& table() {
   constexpr std::int64_t big = 1'000'000'000'000;
@@ -69,7 +64,7 @@ const std::vector<option_def>& table() {
        ST_INT(port, 0, 65535)},
       {"db", {"STATETRACK_DB"}, "./var/statetrack.db", "SQLite database file", false,
        [](config& c, const std::string& v) {
-         if (v.empty()) return std::string("--db: must not be empty");
+         if (v.empty()) return std::string("must not be empty");
          c.db = v;
          return std::string();
        }},
@@ -92,14 +87,14 @@ const std::vector<option_def>& table() {
        "Minimum log level: debug, info, warn, error", false,
        [](config& c, const std::string& v) {
          obs::level l;
-         if (!obs::parse_level(v, l)) return "--log-level: unknown level '" + v + "'";
+         if (!obs::parse_level(v, l)) return "unknown level '" + v + "'";
          c.log_level = v;
          return std::string();
        }},
       {"log-format", {"STATETRACK_LOG_FORMAT", "LOG_FORMAT"}, "json",
        "Log line format: json or pretty", false,
        [](config& c, const std::string& v) {
-         if (v != "json" && v != "pretty") return "--log-format: must be json or pretty, not '" + v + "'";
+         if (v != "json" && v != "pretty") return "must be json or pretty, not '" + v + "'";
          c.log_format = v;
          return std::string();
        }},
@@ -130,7 +125,7 @@ const std::vector<option_def>& table() {
       {"disable-background-jobs", {"STATETRACK_DISABLE_BACKGROUND_JOBS", "DISABLE_BACKGROUND_JOBS"},
        "false", "Do not run sweeps, retention or pruning in this instance", true,
        [](config& c, const std::string& v) {
-         return set_bool(c.disable_background_jobs, v, "disable-background-jobs");
+         return set_bool(c.disable_background_jobs, v);
        }},
       {"sweep-interval-s", {"STATETRACK_SWEEP_INTERVAL_S"}, "5",
        "Seconds between stall and machine-offline sweeps", false,
@@ -184,7 +179,7 @@ std::string apply_values(config& c, const po::variables_map& vm) {
   for (const auto& o : table()) {
     if (vm.count(o.name) == 0) continue;
     std::string err = o.set(c, vm[o.name].as<std::string>());
-    if (!err.empty()) return err;
+    if (!err.empty()) return std::string("--") + o.name + ": " + err;
   }
   return {};
 }
@@ -261,7 +256,8 @@ parse_outcome parse_serve_args(const std::vector<std::string>& args) {
       const char* v = std::getenv(name);
       if (v == nullptr) continue;
       if (auto err = o.set(c, v); !err.empty()) {
-        std::cerr << "statetrack serve: environment " << name << ": " << err << "\n";
+        std::cerr << "statetrack serve: environment " << name << " (--" << o.name << "): " << err
+                  << "\n";
         out.exit_code = 2;
         return out;
       }

@@ -676,6 +676,9 @@ void ensure_parent_dir(const std::string& path) {
 
 using completion = asio::any_completion_handler<void(std::exception_ptr)>;
 
+// How long a pooled reader may keep one snapshot while this process commits nothing.
+constexpr auto max_snapshot_age = std::chrono::milliseconds(100);
+
 }  // namespace
 
 namespace {
@@ -733,11 +736,12 @@ void sqlite_store::close() {
     std::lock_guard lk(readers_mu_);
     readers_.clear();
   }
-  // Fold the WAL into the database file so a stopped store is one self-contained file.
-  try {
-    writer_conn_->exec("PRAGMA wal_checkpoint(TRUNCATE)");
-  } catch (const storage_error&) {  // NOLINT(bugprone-empty-catch): the WAL stays valid
-  }
+  // Fold the WAL into the database file so a stopped store is one self-contained file —
+  // unless another process is reading it (a running server, when this is the CLI): then do not
+  // wait for it; the WAL stays valid and the other process will checkpoint it.
+  sqlite3_busy_timeout(writer_conn_->handle(), 0);
+  sqlite3_wal_checkpoint_v2(writer_conn_->handle(), "main", SQLITE_CHECKPOINT_TRUNCATE, nullptr,
+                            nullptr);
 }
 
 // Called by SQLite on the writer thread after each commit with the WAL size in pages. Past
@@ -790,12 +794,15 @@ void sqlite_store::release_reader(reader r) {
 
 // Reads keep their read transaction open between calls while nothing has been committed, so
 // a read costs no file locking; the first read after a commit starts a fresh snapshot. A write
-// completes only after the generation moved, so every read that follows sees it.
+// completes only after the generation moved, so every read that follows sees it. Writes by
+// other processes (`statetrack keys`, for one) are not counted by the generation, so a
+// snapshot is also renewed once it is older than max_snapshot_age.
 void sqlite_store::read_now(const read_fn& fn) {
   reader r = acquire_reader();
   connection& c = *r.conn;
   const std::uint64_t gen = generation_.load(std::memory_order_acquire);
-  if (r.open && r.snapshot != gen) {
+  const auto now = std::chrono::steady_clock::now();
+  if (r.open && (r.snapshot != gen || now - r.opened_at > max_snapshot_age)) {
     c.run("COMMIT");
     r.open = false;
   }
@@ -803,6 +810,7 @@ void sqlite_store::read_now(const read_fn& fn) {
     c.run("BEGIN");
     r.open = true;
     r.snapshot = gen;
+    r.opened_at = now;
   }
   try {
     ops view(c);

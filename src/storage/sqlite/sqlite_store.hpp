@@ -5,6 +5,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -60,6 +61,7 @@ class sqlite_store final : public store {
   struct reader {
     std::unique_ptr<connection> conn;
     std::uint64_t snapshot = 0;
+    std::chrono::steady_clock::time_point opened_at;
     bool open = false;
   };
   reader acquire_reader();

@@ -1,0 +1,304 @@
+"""Black-box API test fixtures: start the real statetrack binary, talk HTTP to it, stop it.
+
+The binary comes from $STATETRACK_BIN (default: <repo>/build/debug/statetrack). It is copied to
+a temporary directory once per test session, so a rebuild running at the same time never trips
+over a busy executable. Every server listens on 127.0.0.1 with --port 0 and a temporary SQLite
+file; stdout is drained in a background thread so tests can read the JSON log lines.
+"""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_BIN = REPO / "build" / "debug" / "statetrack"
+
+API_KEY = "test-api-key-123"
+SECOND_KEY = "second-key-456"
+API_KEYS = f"{API_KEY},{SECOND_KEY}"
+
+PREFIXES = ["", "/api"]
+PREFIX_IDS = ["root", "api"]
+
+LISTEN_RE = re.compile(r"statetrack listening on 127\.0\.0\.1:(\d+)")
+START_TIMEOUT_S = 20
+STOP_TIMEOUT_S = 15
+
+# Variables the server reads; never inherit them from the caller's environment.
+_SCRUBBED = {
+    "API_KEYS", "PORT", "LOG_LEVEL", "LOG_FORMAT", "NODE_ENV", "RATE_LIMIT_DEFAULT",
+    "RATE_LIMIT_HEARTBEAT", "RATE_LIMIT_WINDOW_MS", "REQUEST_TIMEOUT_MS",
+    "DISABLE_BACKGROUND_JOBS", "MONGODB_URI", "MONGODB_DB",
+}
+
+
+def _clean_env():
+    return {k: v for k, v in os.environ.items()
+            if k not in _SCRUBBED and not k.startswith("STATETRACK_")}
+
+
+class Server:
+    """One running statetrack process."""
+
+    def __init__(self, binary, db_path, extra_args, env, workdir):
+        self.binary = binary
+        self.db_path = str(db_path)
+        self.extra_args = list(extra_args)
+        self.workdir = str(workdir)
+        self.lines = []          # every stdout line, in order
+        self.err_lines = []      # every stderr line
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.port = None
+        self.returncode = None
+        full_env = _clean_env()
+        full_env["API_KEYS"] = API_KEYS
+        full_env["LOG_FORMAT"] = "json"
+        for k, v in (env or {}).items():
+            if v is None:
+                full_env.pop(k, None)
+            else:
+                full_env[k] = v
+        self.env = full_env
+        self.argv = [binary, "serve", "--host", "127.0.0.1", "--port", "0",
+                     "--db", self.db_path, *self.extra_args]
+        self.proc = subprocess.Popen(
+            self.argv, env=full_env, cwd=self.workdir, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
+            errors="replace")
+        self._t_out = threading.Thread(target=self._drain_stdout, daemon=True)
+        self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._t_out.start()
+        self._t_err.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self._ready.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                rc = self.proc.poll()
+                if rc is None:
+                    self.proc.kill()
+                    self.proc.wait(5)
+                self._t_out.join(2)
+                self._t_err.join(2)
+                pytest.fail(
+                    f"statetrack did not report listening within {START_TIMEOUT_S}s "
+                    f"(exit code {rc}); argv={self.argv}\n--- stdout ---\n"
+                    + "\n".join(self.lines) + "\n--- stderr ---\n" + "\n".join(self.err_lines))
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def _drain_stdout(self):
+        for line in self.proc.stdout:
+            line = line.rstrip("\n")
+            with self._lock:
+                self.lines.append(line)
+            if self.port is None:
+                m = LISTEN_RE.search(line)
+                if m:
+                    self.port = int(m.group(1))
+                    self._ready.set()
+
+    def _drain_stderr(self):
+        for line in self.proc.stderr:
+            with self._lock:
+                self.err_lines.append(line.rstrip("\n"))
+
+    # --- output inspection -------------------------------------------------------------
+    def output(self):
+        with self._lock:
+            return list(self.lines)
+
+    def all_output(self):
+        with self._lock:
+            return list(self.lines) + list(self.err_lines)
+
+    def json_lines(self):
+        out = []
+        for line in self.output():
+            s = line.strip()
+            if not s.startswith("{"):
+                continue
+            try:
+                obj = json.loads(s)
+            except ValueError:
+                continue
+            if isinstance(obj, dict):
+                out.append(obj)
+        return out
+
+    def wait_for_log(self, predicate, timeout=5.0):
+        """Poll the JSON log until predicate(entry) holds for some entry; return the matches."""
+        deadline = time.monotonic() + timeout
+        while True:
+            hits = [e for e in self.json_lines() if predicate(e)]
+            if hits or time.monotonic() > deadline:
+                return hits
+            time.sleep(0.05)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    @property
+    def running(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=STOP_TIMEOUT_S):
+        """SIGTERM and wait; returns the exit code (None if it did not exit in time)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                self.returncode = None
+                self._join()
+                return None
+        self.returncode = self.proc.returncode
+        self._join()
+        return self.returncode
+
+    def kill(self):
+        """SIGKILL, no grace."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.returncode = self.proc.returncode
+        self._join()
+        return self.returncode
+
+    def _join(self):
+        self._t_out.join(5)
+        self._t_err.join(5)
+
+    def client(self, prefix="", key=API_KEY, auth="x-api-key"):
+        return Client(self.base_url, prefix=prefix, key=key, auth=auth)
+
+
+_MISSING = object()
+
+
+class Client:
+    """requests.Session bound to a server and a path prefix ("" or "/api")."""
+
+    def __init__(self, base_url, prefix="", key=API_KEY, auth="x-api-key"):
+        self.base_url = base_url
+        self.prefix = prefix
+        self.s = requests.Session()
+        if key is not None:
+            if auth == "bearer":
+                self.s.headers["Authorization"] = f"Bearer {key}"
+            else:
+                self.s.headers["X-API-Key"] = key
+
+    def url(self, path):
+        return self.base_url + self.prefix + path
+
+    def request(self, method, path, json=_MISSING, **kw):
+        if json is not _MISSING:
+            kw["json"] = json
+        kw.setdefault("timeout", 30)
+        return self.s.request(method, self.url(path), **kw)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, json=_MISSING, **kw):
+        return self.request("POST", path, json=json, **kw)
+
+    def put(self, path, json=_MISSING, **kw):
+        return self.request("PUT", path, json=json, **kw)
+
+    def delete(self, path, json=_MISSING, **kw):
+        return self.request("DELETE", path, json=json, **kw)
+
+
+# --- binary ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def statetrack_bin(tmp_path_factory):
+    src = Path(os.environ.get("STATETRACK_BIN", str(DEFAULT_BIN)))
+    if not src.is_file():
+        pytest.fail(f"statetrack binary not found at {src} (build it or set STATETRACK_BIN)")
+    dst = tmp_path_factory.mktemp("bin") / "statetrack"
+    shutil.copy2(src, dst)
+    return str(dst)
+
+
+# --- servers ---------------------------------------------------------------------------------
+
+DEFAULT_SERVER_ARGS = ["--rate-limit-default", "0", "--rate-limit-heartbeat", "0",
+                       "--sweep-interval-s", "1"]
+
+
+@pytest.fixture(scope="session")
+def server(statetrack_bin, tmp_path_factory):
+    """The shared server: rate limits off, sweeps every second."""
+    d = tmp_path_factory.mktemp("shared")
+    srv = Server(statetrack_bin, d / "st.db", DEFAULT_SERVER_ARGS, {}, d)
+    yield srv
+    rc = srv.stop()
+    assert rc == 0, f"shared server exit code {rc} after SIGTERM (expected 0)\n" + \
+        "\n".join(srv.err_lines[-50:])
+
+
+@pytest.fixture
+def start_server(statetrack_bin, tmp_path):
+    """Factory: start_server(extra_args=[], env={}, db_path=None) -> Server.
+
+    Servers still running at teardown get SIGTERM and must exit 0 within 15 s."""
+    started = []
+    counter = [0]
+
+    def _start(extra_args=(), env=None, db_path=None):
+        counter[0] += 1
+        wd = tmp_path / f"srv{counter[0]}"
+        wd.mkdir()
+        db = db_path if db_path is not None else wd / "st.db"
+        srv = Server(statetrack_bin, db, extra_args, env or {}, wd)
+        started.append(srv)
+        return srv
+
+    yield _start
+    failures = []
+    for srv in started:
+        if srv.running:
+            rc = srv.stop()
+            if rc != 0:
+                failures.append(f"{srv.argv}: exit code {rc} after SIGTERM (expected 0)")
+    assert not failures, "\n".join(failures)
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+@pytest.fixture(params=PREFIXES, ids=PREFIX_IDS)
+def prefix(request):
+    return request.param
+
+
+@pytest.fixture
+def client(server, prefix):
+    """Authenticated client on the shared server, once per prefix ("" and "/api")."""
+    return server.client(prefix)
+
+
+@pytest.fixture
+def rc(server):
+    """Authenticated client on the shared server, root prefix only."""
+    return server.client("")
+
+
+@pytest.fixture
+def anon(server, prefix):
+    """Client without any key, once per prefix."""
+    return server.client(prefix, key=None)
+
+
+@pytest.fixture
+def api(server, prefix):
+    """api(path) -> absolute URL on the shared server under the current prefix."""
+    return lambda path: server.base_url + prefix + path
