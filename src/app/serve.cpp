@@ -5,6 +5,7 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <csignal>
 #include <iostream>
@@ -84,7 +85,17 @@ int serve(const config& cfg) {
   }
 
   http::router router;
-  asio::io_context ioc(static_cast<int>(cfg.threads > 0 ? cfg.threads : available_cores()));
+  const std::size_t io_threads =
+      cfg.threads > 0 ? static_cast<std::size_t>(cfg.threads) : available_cores();
+  // One io_context per I/O thread (connections are spread over them); the first also runs
+  // the acceptor, signals and background jobs.
+  std::vector<std::unique_ptr<asio::io_context>> contexts;
+  std::vector<asio::io_context*> context_ptrs;
+  for (std::size_t i = 0; i < io_threads; ++i) {
+    contexts.push_back(std::make_unique<asio::io_context>(1));
+    context_ptrs.push_back(contexts.back().get());
+  }
+  asio::io_context& ioc = *contexts.front();
   jobs::scheduler_options jo;
   jo.enabled = !cfg.disable_background_jobs;
   jo.sweep_interval_s = cfg.sweep_interval_s;
@@ -123,7 +134,7 @@ int serve(const config& cfg) {
   hso.idle_timeout = std::chrono::seconds(cfg.idle_timeout_s);
   hso.read_timeout = std::chrono::seconds(std::max<std::int64_t>(1, cfg.request_timeout_ms / 1000));
   hso.max_connections = static_cast<std::size_t>(cfg.max_connections);
-  http::server srv(ioc, pipe, hso, log, metrics);
+  http::server srv(context_ptrs, pipe, hso, log, metrics);
   asio::ip::tcp::endpoint ep;
   try {
     ep = srv.listen();
@@ -139,7 +150,7 @@ int serve(const config& cfg) {
     obs::fields f;
     f.add("version", svc.version)
         .add("db", cfg.db)
-        .add("threads", static_cast<std::int64_t>(cfg.threads > 0 ? cfg.threads : available_cores()))
+        .add("threads", static_cast<std::int64_t>(io_threads))
         .add("background_jobs", !cfg.disable_background_jobs);
     log.info("App", "statetrack starting", &f);
   }
@@ -152,7 +163,7 @@ int serve(const config& cfg) {
   auto deadline = std::chrono::steady_clock::now();
   std::function<void()> poll_drain = [&] {
     if (srv.connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
-      ioc.stop();
+      for (auto& c : contexts) c->stop();
       return;
     }
     drain_timer.expires_after(std::chrono::milliseconds(20));
@@ -169,9 +180,12 @@ int serve(const config& cfg) {
     poll_drain();
   });
 
-  std::size_t nthreads = cfg.threads > 0 ? static_cast<std::size_t>(cfg.threads) : available_cores();
+  std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
+  for (auto& c : contexts) keep_running.emplace_back(c->get_executor());
   std::vector<std::thread> pool;
-  for (std::size_t i = 1; i < nthreads; ++i) pool.emplace_back([&] { ioc.run(); });
+  for (std::size_t i = 1; i < io_threads; ++i) {
+    pool.emplace_back([c = contexts[i].get()] { c->run(); });
+  }
   ioc.run();
   for (auto& t : pool) t.join();
 

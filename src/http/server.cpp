@@ -6,7 +6,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -120,9 +119,13 @@ std::string serialize(const response& res, bool head_only, bool keep_alive, unsi
 
 }  // namespace
 
-server::server(asio::io_context& ioc, pipeline& p, server_options opts, obs::logger& log,
-               obs::registry& metrics)
-    : ioc_(ioc), pipeline_(p), opts_(std::move(opts)), log_(log), acceptor_(ioc) {
+server::server(std::vector<asio::io_context*> contexts, pipeline& p, server_options opts,
+               obs::logger& log, obs::registry& metrics)
+    : contexts_(std::move(contexts)),
+      pipeline_(p),
+      opts_(std::move(opts)),
+      log_(log),
+      acceptor_(*contexts_.front()) {
   open_connections_ =
       &metrics.add_gauge("statetrack_http_open_connections", "Open client connections");
   accepted_ = &metrics.add_counter("statetrack_http_connections_accepted_total",
@@ -144,7 +147,7 @@ tcp::endpoint server::listen() {
 }
 
 void server::start() {
-  asio::co_spawn(ioc_, accept_loop(), [this](const std::exception_ptr& ep) {
+  asio::co_spawn(*contexts_.front(), accept_loop(), [this](const std::exception_ptr& ep) {
     if (!ep) return;
     try {
       std::rethrow_exception(ep);
@@ -163,7 +166,7 @@ std::size_t server::connections() const {
 
 void server::begin_drain() {
   draining_ = true;
-  asio::post(ioc_, [this] {
+  asio::post(*contexts_.front(), [this] {
     boost::system::error_code ec;
     acceptor_.close(ec);
   });
@@ -179,13 +182,14 @@ void server::begin_drain() {
 asio::awaitable<void> server::accept_loop() {
   for (;;) {
     boost::system::error_code ec;
-    tcp::socket socket = co_await acceptor_.async_accept(
-        asio::make_strand(ioc_), asio::redirect_error(asio::use_awaitable, ec));
+    asio::io_context& home = *contexts_[next_context_++ % contexts_.size()];
+    tcp::socket socket =
+        co_await acceptor_.async_accept(home, asio::redirect_error(asio::use_awaitable, ec));
     if (ec) {
       if (ec == asio::error::operation_aborted || draining_) co_return;
       if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
         // Out of file descriptors: back off briefly instead of spinning.
-        asio::steady_timer t(ioc_, std::chrono::milliseconds(50));
+        asio::steady_timer t(*contexts_.front(), std::chrono::milliseconds(50));
         co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       }
       continue;
@@ -197,8 +201,7 @@ asio::awaitable<void> server::accept_loop() {
       continue;
     }
     accepted_->inc();
-    auto ex = socket.get_executor();
-    asio::co_spawn(ex, serve(std::move(socket)), [this](const std::exception_ptr& ep) {
+    asio::co_spawn(socket.get_executor(), serve(std::move(socket)), [this](const std::exception_ptr& ep) {
       if (!ep) return;
       try {
         std::rethrow_exception(ep);

@@ -1,4 +1,6 @@
-// The HTTP/1.1 listener: an accept loop and one coroutine per connection on its own strand.
+// The HTTP/1.1 listener: an accept loop and one coroutine per connection. There is one
+// io_context per I/O thread; each accepted connection is handed to the next context in turn
+// and lives there, so its handlers run serially without strands or cross-thread locking.
 // Every read is bounded in size and time; responses are serialised in one buffer. On stop it
 // closes the acceptor, closes idle keep-alive connections and lets in-flight requests finish.
 // Owned by the app; its coroutines run on the app's io_context threads.
@@ -12,6 +14,7 @@
 #include <mutex>
 #include <string>
 #include <unordered_set>
+#include <vector>
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
@@ -40,8 +43,9 @@ struct server_options {
 
 class server {
  public:
-  server(boost::asio::io_context& ioc, pipeline& p, server_options opts, obs::logger& log,
-         obs::registry& metrics);
+  // contexts[0] runs the acceptor; connections are spread over all of them.
+  server(std::vector<boost::asio::io_context*> contexts, pipeline& p, server_options opts,
+         obs::logger& log, obs::registry& metrics);
   ~server();
 
   // Binds and listens; returns the bound endpoint. Throws on failure (address in use...).
@@ -58,7 +62,8 @@ class server {
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket);
 
-  boost::asio::io_context& ioc_;
+  std::vector<boost::asio::io_context*> contexts_;
+  std::size_t next_context_ = 0;
   pipeline& pipeline_;
   server_options opts_;
   obs::logger& log_;
