@@ -1,4 +1,6 @@
 // Entry point: everything happens in app::run.
 #include "app/cli.hpp"
 
-int main(int argc, char** argv) { return statetrack::app::run(argc, argv); }
+int main(int argc, char** argv) {
+  return statetrack::app::run(argc, argv);
+}

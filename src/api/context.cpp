@@ -18,7 +18,9 @@ void context::no_content() {
   res.body.clear();
 }
 
-void context::fail(const core::error& e) { render_error(res, e, request_id, req.target, now); }
+void context::fail(const core::error& e) {
+  render_error(res, e, request_id, req.target, now);
+}
 
 void render_error(http::response& res, const core::error& e, std::string_view request_id,
                   std::string_view path, core::timestamp now) {
@@ -31,10 +33,12 @@ void render_error(http::response& res, const core::error& e, std::string_view re
   w.field("error_code", core::code_name_of(e.code));
   if (e.code == core::errc::validation_failed) {
     w.key("message").begin_array();
-    for (const auto& m : e.field_messages) w.value(m);
+    for (const auto& m : e.field_messages)
+      w.value(m);
     w.end_array();
     w.key("details").begin_array();
-    for (const auto& m : e.field_messages) w.value(m);
+    for (const auto& m : e.field_messages)
+      w.value(m);
     w.end_array();
   } else {
     w.field("message", e.message);

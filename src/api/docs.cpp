@@ -1,9 +1,10 @@
 // API documentation (contract §12.3): GET /api/docs-json serves the OpenAPI document generated
 // from the route table (api/openapi.cpp), GET /api/docs a self-contained HTML page (no external
 // assets) that renders it. Both are public and not rate limited.
-#include <boost/json/serialize.hpp>
 #include <mutex>
 #include <string>
+
+#include <boost/json/serialize.hpp>
 
 #include "api/context.hpp"
 #include "api/openapi.hpp"
@@ -26,8 +27,8 @@ std::string openapi_text(const http::router& router, const std::string& version)
   static std::string cached_version;
   static std::string cached_text;
   std::lock_guard lock(mu);
-  if (cached_text.empty() || cached_router != &router ||
-      cached_routes != router.routes().size() || cached_version != version) {
+  if (cached_text.empty() || cached_router != &router || cached_routes != router.routes().size() ||
+      cached_version != version) {
     cached_text = boost::json::serialize(build_openapi(router, version));
     cached_router = &router;
     cached_routes = router.routes().size();

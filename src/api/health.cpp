@@ -6,12 +6,12 @@
 #include "api/context.hpp"
 #include "api/routes.hpp"
 #include "api/services.hpp"
-#include "util/json_writer.hpp"
 #include "core/clock.hpp"
 #include "jobs/scheduler.hpp"
 #include "obs/process.hpp"
 #include "obs/request_stats.hpp"
 #include "storage/store.hpp"
+#include "util/json_writer.hpp"
 
 namespace statetrack::api {
 
@@ -97,7 +97,8 @@ awaitable<void> get_health_detailed(context& ctx) {
   const std::int64_t latency = p.value_or(10000);
   auto proc = obs::read_process();
   const double heap_used = static_cast<double>(proc.heap_allocated_bytes);
-  const double heap_total = static_cast<double>(std::max(proc.heap_reserved_bytes, proc.heap_allocated_bytes));
+  const double heap_total =
+      static_cast<double>(std::max(proc.heap_reserved_bytes, proc.heap_allocated_bytes));
   const double pct = heap_total > 0 ? std::round(heap_used / heap_total * 10000) / 100 : 0;
   std::int64_t active_count = 0;
   if (p) {
@@ -113,7 +114,8 @@ awaitable<void> get_health_detailed(context& ctx) {
   }
   const double avg_ms = svc.requests.average_ms();
   const std::string_view mem_check = grade(pct, 75, 90);
-  const std::string_view db_check = !p ? "critical" : grade(static_cast<double>(latency), 500, 1000);
+  const std::string_view db_check =
+      !p ? "critical" : grade(static_cast<double>(latency), 500, 1000);
   const std::string_view rt_check = grade(avg_ms, 1000, 2000);
   std::string_view status = "ok";
   if (!p || mem_check == "critical" || db_check == "critical" || rt_check == "critical") {
@@ -124,7 +126,8 @@ awaitable<void> get_health_detailed(context& ctx) {
   std::vector<jobs::job_status> jobs;
   if (svc.jobs != nullptr) jobs = svc.jobs->status();
   bool jobs_failing = false;
-  for (const auto& j : jobs) jobs_failing = jobs_failing || !j.last_error.empty();
+  for (const auto& j : jobs)
+    jobs_failing = jobs_failing || !j.last_error.empty();
   if (jobs_failing && status == "ok") status = "degraded";
 
   std::string out;
@@ -167,8 +170,8 @@ awaitable<void> get_health_detailed(context& ctx) {
   w.field("database", db_check);
   w.field("responseTime", rt_check);
   w.field("backgroundJobs", svc.jobs == nullptr || !svc.jobs->enabled() ? "disabled"
-                            : jobs_failing                               ? "warning"
-                                                                         : "ok");
+                            : jobs_failing                              ? "warning"
+                                                                        : "ok");
   w.end_object();
   w.key("jobs").begin_array();
   for (const auto& j : jobs) {

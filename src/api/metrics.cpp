@@ -1,8 +1,9 @@
 // GET /metrics: Prometheus text exposition of every registered series.
+#include "obs/metrics.hpp"
+
 #include "api/context.hpp"
 #include "api/routes.hpp"
 #include "api/services.hpp"
-#include "obs/metrics.hpp"
 
 namespace statetrack::api {
 

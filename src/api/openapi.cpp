@@ -5,9 +5,10 @@
 #include "api/openapi.hpp"
 
 #include <algorithm>
-#include <boost/json/parse.hpp>
 #include <optional>
 #include <span>
+
+#include <boost/json/parse.hpp>
 
 #include "api/schemas.hpp"
 #include "api/validation.hpp"
@@ -519,8 +520,10 @@ constexpr std::string_view response_components_json = R"json({
 
 json::object enum_component(std::span<const std::string_view> names, std::string_view description) {
   json::array values;
-  for (auto n : names) values.emplace_back(n);
-  return json::object{{"type", "string"}, {"enum", std::move(values)}, {"description", description}};
+  for (auto n : names)
+    values.emplace_back(n);
+  return json::object{
+      {"type", "string"}, {"enum", std::move(values)}, {"description", description}};
 }
 
 const json::object& response_components() {
@@ -554,7 +557,8 @@ const std::vector<informal_param>& informal_params() {
       {"get_session_health", "threshold", "number", threshold_text, std::nullopt},
       {"get_sessions_archived", "project_id", "string", "Exact project id", std::nullopt},
       {"get_sessions_archived", "machine_id", "string", "Exact machine id", std::nullopt},
-      {"get_sessions_archived", "limit", "integer", "Page size (default 20; above 100 means 100)", 1},
+      {"get_sessions_archived", "limit", "integer", "Page size (default 20; above 100 means 100)",
+       1},
       {"get_sessions_archived", "offset", "integer", "Items to skip (default 0)", 0},
   };
   return list;
@@ -566,18 +570,28 @@ std::string schema_ref(std::string_view name) {
   return out;
 }
 
-json::object ref_object(std::string_view name) { return json::object{{"$ref", schema_ref(name)}}; }
+json::object ref_object(std::string_view name) {
+  return json::object{{"$ref", schema_ref(name)}};
+}
 
 std::string_view verb_key(http::method m) {
   switch (m) {
-    case http::method::get: return "get";
-    case http::method::head: return "head";
-    case http::method::post: return "post";
-    case http::method::put: return "put";
-    case http::method::patch: return "patch";
-    case http::method::del: return "delete";
-    case http::method::options: return "options";
-    case http::method::other: break;
+    case http::method::get:
+      return "get";
+    case http::method::head:
+      return "head";
+    case http::method::post:
+      return "post";
+    case http::method::put:
+      return "put";
+    case http::method::patch:
+      return "patch";
+    case http::method::del:
+      return "delete";
+    case http::method::options:
+      return "options";
+    case http::method::other:
+      break;
   }
   return "x-other";
 }
@@ -615,7 +629,8 @@ std::string path_param_description(std::string_view pattern, std::string_view na
 json::object error_response(std::string_view description) {
   return json::object{
       {"description", description},
-      {"content", json::object{{"application/json", json::object{{"schema", ref_object("ErrorEnvelope")}}}}}};
+      {"content",
+       json::object{{"application/json", json::object{{"schema", ref_object("ErrorEnvelope")}}}}}};
 }
 
 // The schema of a success body: a component reference (or inline JSON schema text), wrapped
@@ -644,7 +659,9 @@ std::string operation_description(const http::route& r) {
     out += "Public: no API key needed.";
   }
   switch (r.limit) {
-    case http::limit_class::none: out += " Not rate limited."; break;
+    case http::limit_class::none:
+      out += " Not rate limited.";
+      break;
     case http::limit_class::standard:
       out += " Rate limited per client IP: own bucket, default 100 requests per 60 s.";
       break;
@@ -719,7 +736,8 @@ json::object operation_of(const http::route& r) {
     bool required = true;  // an unknown schema is assumed required; the $ref is flagged anyway
     if (const schema* s = schemas::find(r.doc.request_schema)) {
       required = false;
-      for (const auto& f : s->fields) required = required || f.required;
+      for (const auto& f : s->fields)
+        required = required || f.required;
     }
     op["requestBody"] = json::object{
         {"required", required},
@@ -765,7 +783,8 @@ json::object operation_of(const http::route& r) {
 
 std::string_view tag_description(std::string_view tag) {
   if (tag == "health") return "Public health and readiness probes; never rate limited.";
-  if (tag == "sessions") return "Claude Code sessions: lifecycle, heartbeats, failure handling, archival and recovery.";
+  if (tag == "sessions")
+    return "Claude Code sessions: lifecycle, heartbeats, failure handling, archival and recovery.";
   if (tag == "tasks") return "Tasks of a session and their status transitions.";
   if (tag == "machines") return "Machines, their docker slots and session assignment.";
   if (tag == "metrics") return "Prometheus metrics.";
@@ -813,7 +832,8 @@ std::string openapi_path(std::string_view pattern) {
 
 std::vector<std::string> response_component_names() {
   std::vector<std::string> out;
-  for (const auto& kv : response_components()) out.emplace_back(kv.key());
+  for (const auto& kv : response_components())
+    out.emplace_back(kv.key());
   return out;
 }
 
@@ -828,9 +848,8 @@ std::vector<std::string_view> informal_query_routes() {
 json::object build_openapi(const http::router& router, std::string_view version) {
   json::object doc;
   doc["openapi"] = "3.0.3";
-  doc["info"] = json::object{{"title", "statetrack API"},
-                             {"version", version},
-                             {"description", info_description}};
+  doc["info"] = json::object{
+      {"title", "statetrack API"}, {"version", version}, {"description", info_description}};
 
   json::array tags;
   json::object paths;
@@ -853,7 +872,8 @@ json::object build_openapi(const http::router& router, std::string_view version)
   doc["paths"] = std::move(paths);
 
   json::object component_schemas;
-  for (const schema* s : schemas::all()) component_schemas[s->name] = to_json_schema(*s);
+  for (const schema* s : schemas::all())
+    component_schemas[s->name] = to_json_schema(*s);
   for (const auto& kv : response_components()) {
     if (!component_schemas.contains(kv.key())) component_schemas[kv.key()] = kv.value();
   }

@@ -4,10 +4,11 @@
 // drift from what the server serves.
 #pragma once
 
-#include <boost/json/object.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <boost/json/object.hpp>
 
 namespace statetrack::http {
 class router;

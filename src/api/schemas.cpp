@@ -90,11 +90,11 @@ field_spec slots_field(bool required) {
 }
 }  // namespace
 
-const schema create_session{"CreateSessionRequest",
-                            {str("project_id", true, "Project id (non-empty)"),
-                             str("machine_id", true, "Machine id (non-empty)"),
-                             num("docker_slot", "Docker slot number"),
-                             obj("metadata", "Free-form metadata"), timeout_field()}};
+const schema create_session{
+    "CreateSessionRequest",
+    {str("project_id", true, "Project id (non-empty)"),
+     str("machine_id", true, "Machine id (non-empty)"), num("docker_slot", "Docker slot number"),
+     obj("metadata", "Free-form metadata"), timeout_field()}};
 
 const schema update_session{
     "UpdateSessionRequest",
@@ -105,16 +105,16 @@ const schema update_session{
      date("last_heartbeat", "Explicit last heartbeat (ISO 8601)"),
      date("completed_at", "Explicit completion time (ISO 8601)"), timeout_field()}};
 
-const schema list_sessions{"ListSessionsQuery",
-                           {one_of("status", session_statuses, "Filter by status"),
-                            str("project_id", false, "Filter by project"),
-                            str("machine_id", false, "Filter by machine"), limit_field(100),
-                            offset_field()}};
+const schema list_sessions{
+    "ListSessionsQuery",
+    {one_of("status", session_statuses, "Filter by status"),
+     str("project_id", false, "Filter by project"), str("machine_id", false, "Filter by machine"),
+     limit_field(100), offset_field()}};
 
-const schema failed_sessions{"FailedSessionsQuery",
-                             {str("project_id", false, "Filter by project"),
-                              str("machine_id", false, "Filter by machine"), limit_field(100),
-                              offset_field()}};
+const schema failed_sessions{
+    "FailedSessionsQuery",
+    {str("project_id", false, "Filter by project"), str("machine_id", false, "Filter by machine"),
+     limit_field(100), offset_field()}};
 
 const schema recoverable_sessions{
     "RecoverableSessionsQuery",
@@ -130,9 +130,9 @@ const schema recoverable_sessions{
        return f;
      }()}};
 
-const schema mark_failed{"MarkFailedRequest",
-                         {str("reason", true, "Failure reason"),
-                          obj("error_details", "Structured error details")}};
+const schema mark_failed{
+    "MarkFailedRequest",
+    {str("reason", true, "Failure reason"), obj("error_details", "Structured error details")}};
 
 const schema mark_stalled{"MarkStalledRequest", {str("reason", true, "Stall reason")}};
 
@@ -145,7 +145,8 @@ const schema purge_session{"PurgeSessionRequest", {[] {
 const schema cleanup_sessions{
     "CleanupSessionsRequest",
     {[] {
-       field_spec f = num("older_than_days", "Select sessions created more than this many days ago");
+       field_spec f =
+           num("older_than_days", "Select sessions created more than this many days ago");
        f.required = true;
        f.min = 7;
        f.min_message = "older_than_days must be at least 7";
@@ -168,18 +169,17 @@ const schema recover_session{"RecoverSessionRequest",
                               num("new_docker_slot", "Use this docker slot"),
                               str("resume_from_task_id", false, "Task to resume from")}};
 
-const schema create_task{"CreateTaskRequest",
-                         {str("session_id", true, "Parent session (must exist)"),
-                          str("project_id", true, "Project id"),
-                          str("task_name", true, "Task name (non-empty)"),
-                          str("github_issue_id", false, "GitHub issue id"),
-                          obj("metadata", "Free-form metadata")}};
+const schema create_task{
+    "CreateTaskRequest",
+    {str("session_id", true, "Parent session (must exist)"), str("project_id", true, "Project id"),
+     str("task_name", true, "Task name (non-empty)"),
+     str("github_issue_id", false, "GitHub issue id"), obj("metadata", "Free-form metadata")}};
 
-const schema update_task{"UpdateTaskRequest",
-                         {one_of("status", task_statuses, "New status (transition table applies)"),
-                          str("github_issue_id", false, "GitHub issue id"),
-                          str("error_message", false, "Error message"),
-                          obj("metadata", "Shallow-merged into the stored metadata")}};
+const schema update_task{
+    "UpdateTaskRequest",
+    {one_of("status", task_statuses, "New status (transition table applies)"),
+     str("github_issue_id", false, "GitHub issue id"), str("error_message", false, "Error message"),
+     obj("metadata", "Shallow-merged into the stored metadata")}};
 
 const schema fail_task{"FailTaskRequest", {[] {
                          field_spec f = str("error_message", true, "Why the task failed");
@@ -187,11 +187,11 @@ const schema fail_task{"FailTaskRequest", {[] {
                          return f;
                        }()}};
 
-const schema list_tasks{"ListTasksQuery",
-                        {str("session_id", false, "Filter by session"),
-                         one_of("status", task_statuses, "Filter by status"),
-                         str("project_id", false, "Filter by project"), limit_field(std::nullopt),
-                         offset_field()}};
+const schema list_tasks{
+    "ListTasksQuery",
+    {str("session_id", false, "Filter by session"),
+     one_of("status", task_statuses, "Filter by status"),
+     str("project_id", false, "Filter by project"), limit_field(std::nullopt), offset_field()}};
 
 const schema register_machine{"RegisterMachineRequest",
                               {str("machine_id", true, "Machine id (non-empty, unique)"),
@@ -199,8 +199,7 @@ const schema register_machine{"RegisterMachineRequest",
                                obj("metadata", "Free-form metadata")}};
 
 const schema update_machine{"UpdateMachineRequest",
-                            {slots_field(false),
-                             one_of("status", machine_statuses, "New status"),
+                            {slots_field(false), one_of("status", machine_statuses, "New status"),
                              obj("metadata", "Replaces the whole metadata")}};
 
 const schema list_machines{"ListMachinesQuery",
@@ -209,20 +208,22 @@ const schema list_machines{"ListMachinesQuery",
 
 const schema assign_session{"AssignSessionRequest",
                             {str("session_id", true, "Session to assign"), [] {
-                               field_spec f = num("docker_slot", "Slot to use (else the first free one)");
+                               field_spec f =
+                                   num("docker_slot", "Slot to use (else the first free one)");
                                f.min = 1;
                                f.coerce_number = true;
                                return f;
                              }()}};
 
-const schema release_session{"ReleaseSessionRequest", {str("session_id", true, "Session to release")}};
+const schema release_session{"ReleaseSessionRequest",
+                             {str("session_id", true, "Session to release")}};
 
 const std::vector<const schema*>& all() {
   static const std::vector<const schema*> list = {
-      &create_session, &update_session,   &list_sessions,  &failed_sessions, &recoverable_sessions,
-      &mark_failed,    &mark_stalled,     &purge_session,  &cleanup_sessions, &recover_session,
-      &create_task,    &update_task,      &fail_task,      &list_tasks,      &register_machine,
-      &update_machine, &list_machines,    &assign_session, &release_session};
+      &create_session, &update_session, &list_sessions,  &failed_sessions,  &recoverable_sessions,
+      &mark_failed,    &mark_stalled,   &purge_session,  &cleanup_sessions, &recover_session,
+      &create_task,    &update_task,    &fail_task,      &list_tasks,       &register_machine,
+      &update_machine, &list_machines,  &assign_session, &release_session};
   return list;
 }
 

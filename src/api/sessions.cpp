@@ -1,6 +1,7 @@
 // Session routes (contract §4.2–§4.6): parse and validate, call the session service, render.
-#include <boost/json/serialize.hpp>
 #include <cmath>
+
+#include <boost/json/serialize.hpp>
 
 #include "api/context.hpp"
 #include "api/request.hpp"
@@ -28,7 +29,8 @@ std::string render_list(const std::vector<session>& list) {
   out.reserve(64 + list.size() * 560);
   json_writer w(out);
   w.begin_array();
-  for (const auto& s : list) core::write_session(w, s);
+  for (const auto& s : list)
+    core::write_session(w, s);
   w.end_array();
   return out;
 }
@@ -80,7 +82,8 @@ awaitable<void> post_session(context& ctx) {
   in.machine_id = get_string(*body, "machine_id").value_or("");
   in.docker_slot = get_number(*body, "docker_slot");
   in.metadata = metadata_text(get_object(*body, "metadata"));
-  if (auto n = get_number(*body, "heartbeat_timeout_s")) in.heartbeat_timeout_s = static_cast<int>(*n);
+  if (auto n = get_number(*body, "heartbeat_timeout_s"))
+    in.heartbeat_timeout_s = static_cast<int>(*n);
   auto r = co_await ctx.svc.sessions.create(std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::session_json(*r));
@@ -153,7 +156,8 @@ awaitable<void> get_sessions_stale(context& ctx) {
   std::string out;
   json_writer w(out);
   w.begin_array();
-  for (const auto& s : list) write_liveness_item(w, s, ctx.now);
+  for (const auto& s : list)
+    write_liveness_item(w, s, ctx.now);
   w.end_array();
   ctx.reply(std::move(out));
 }
@@ -165,7 +169,8 @@ awaitable<void> get_sessions_active(context& ctx) {
   std::string out;
   json_writer w(out);
   w.begin_array();
-  for (const auto& s : list) write_liveness_item(w, s, ctx.now);
+  for (const auto& s : list)
+    write_liveness_item(w, s, ctx.now);
   w.end_array();
   ctx.reply(std::move(out));
 }
@@ -197,7 +202,8 @@ awaitable<void> get_sessions_by_project(context& ctx) {
   w.key("stats").begin_object();
   // Archived sessions count in `total` but in no group (contract §4.3.3, kept).
   w.field("total", static_cast<std::int64_t>(list.size()));
-  for (std::size_t g = 0; g < 5; ++g) w.field(core::to_string(groups[g]), counts[g]);
+  for (std::size_t g = 0; g < 5; ++g)
+    w.field(core::to_string(groups[g]), counts[g]);
   w.end_object();
   w.end_object();
   ctx.reply(std::move(out));
@@ -228,7 +234,8 @@ awaitable<void> get_session_health(context& ctx) {
   w.field("is_stale", h.is_stale);
   w.field("time_since_heartbeat", h.time_since_heartbeat_s);
   w.key("recommendations").begin_array();
-  for (const auto& m : h.recommendations) w.value(m);
+  for (const auto& m : h.recommendations)
+    w.value(m);
   w.end_array();
   w.field_iso("started_at", s.started_at.ms);
   if (s.completed_at) w.field_iso("completed_at", s.completed_at->ms);
@@ -275,7 +282,8 @@ awaitable<void> get_session_failure_info(context& ctx) {
   w.field("stuck_task_count", a.stuck_task_count);
   w.field("minutes_since_heartbeat", a.minutes_since_heartbeat);
   w.key("recovery_recommendations").begin_array();
-  for (const auto& m : a.recovery_recommendations) w.value(m);
+  for (const auto& m : a.recovery_recommendations)
+    w.value(m);
   w.end_array();
   w.end_object();
   w.key("session");
@@ -290,9 +298,8 @@ awaitable<void> post_session_mark_failed(context& ctx) {
   if (!body) co_return ctx.fail(body.error());
   std::optional<json::object> details;
   if (const auto* d = get_object(*body, "error_details")) details = *d;
-  auto r = co_await ctx.svc.sessions.mark_failed(std::string(ctx.param(0)),
-                                                 get_string(*body, "reason").value_or(""),
-                                                 std::move(details));
+  auto r = co_await ctx.svc.sessions.mark_failed(
+      std::string(ctx.param(0)), get_string(*body, "reason").value_or(""), std::move(details));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::session_json(*r));
 }
@@ -353,7 +360,8 @@ awaitable<void> post_sessions_cleanup(context& ctx) {
   w.field("sessions_affected", r->sessions_affected);
   w.field("tasks_deleted", r->tasks_deleted);
   w.key("breakdown_by_status").begin_object();
-  for (const auto& [st, n] : r->breakdown) w.field(core::to_string(st), n);
+  for (const auto& [st, n] : r->breakdown)
+    w.field(core::to_string(st), n);
   w.end_object();
   w.field("operation", r->operation);
   w.field("estimated_space_freed_bytes", 2048 * r->sessions_affected + 1024 * r->tasks_deleted);
@@ -440,7 +448,8 @@ awaitable<void> post_session_prepare_recovery(context& ctx) {
   if (s.docker_slot) w.field("docker_slot", *s.docker_slot);
   w.field("recovery_attempts", r->recovery_attempts);
   w.field_iso("recovery_checkpoint_at", r->checkpoint_at.ms);
-  w.field_raw("metadata", s.metadata.empty() ? std::string_view("{}") : std::string_view(s.metadata));
+  w.field_raw("metadata",
+              s.metadata.empty() ? std::string_view("{}") : std::string_view(s.metadata));
   w.end_object();
   ctx.reply(std::move(out));
 }
@@ -470,14 +479,16 @@ awaitable<void> get_session_recovery_history(context& ctx) {
     if (auto* h = rec->as_object().if_contains("recovery_history"); h != nullptr && h->is_array()) {
       history = h->as_array();
     }
-    if (auto* l = rec->as_object().if_contains("last_recovery_at"); l != nullptr && l->is_string()) {
+    if (auto* l = rec->as_object().if_contains("last_recovery_at");
+        l != nullptr && l->is_string()) {
       last_recovery_at = std::string(l->as_string());
     }
   }
   std::int64_t ok = 0;
   for (const auto& a : history) {
     if (a.is_object()) {
-      if (auto* f = a.as_object().if_contains("success"); f != nullptr && f->is_bool() && f->as_bool()) {
+      if (auto* f = a.as_object().if_contains("success");
+          f != nullptr && f->is_bool() && f->as_bool()) {
         ++ok;
       }
     }
@@ -529,9 +540,11 @@ void register_session_routes(http::router& r) {
   add(method::get, "/sessions/recoverable", "get_sessions_recoverable", get_sessions_recoverable,
       200, {"Recovery candidates", "", "", "RecoverableSessionsQuery", "RecoverableItem", true});
   add(method::post, "/sessions/cleanup", "post_sessions_cleanup", post_sessions_cleanup, 200,
-      {"Archive or delete old terminal sessions", "", "CleanupSessionsRequest", "", "CleanupResult"});
+      {"Archive or delete old terminal sessions", "", "CleanupSessionsRequest", "",
+       "CleanupResult"});
   add(method::get, "/sessions/by-project/:projectId", "get_sessions_by_project",
-      get_sessions_by_project, 200, {"Sessions of a project grouped by status", "", "", "", "ProjectSummary"});
+      get_sessions_by_project, 200,
+      {"Sessions of a project grouped by status", "", "", "", "ProjectSummary"});
   add(method::get, "/sessions/by-machine/:machineId", "get_sessions_by_machine",
       get_sessions_by_machine, 200, {"Sessions of a machine", "", "", "", "Session", true});
   add(method::get, "/sessions/:id", "get_session", get_session, 200,
@@ -545,21 +558,26 @@ void register_session_routes(http::router& r) {
   add(method::get, "/sessions/:id/health", "get_session_health", get_session_health, 200,
       {"Health of one session with recommendations", "", "", "", "SessionHealth"});
   add(method::get, "/sessions/:id/failure-info", "get_session_failure_info",
-      get_session_failure_info, 200, {"Failure analysis of a failed session", "", "", "", "FailureInfo"});
+      get_session_failure_info, 200,
+      {"Failure analysis of a failed session", "", "", "", "FailureInfo"});
   add(method::post, "/sessions/:id/mark-failed", "post_session_mark_failed",
-      post_session_mark_failed, 200, {"Mark a session failed", "", "MarkFailedRequest", "", "Session"});
+      post_session_mark_failed, 200,
+      {"Mark a session failed", "", "MarkFailedRequest", "", "Session"});
   add(method::post, "/sessions/:id/mark-stalled", "post_session_mark_stalled",
-      post_session_mark_stalled, 200, {"Mark a session stalled", "", "MarkStalledRequest", "", "Session"});
+      post_session_mark_stalled, 200,
+      {"Mark a session stalled", "", "MarkStalledRequest", "", "Session"});
   add(method::post, "/sessions/:id/archive", "post_session_archive", post_session_archive, 200,
       {"Archive a terminal session", "", "", "", "Session"});
   add(method::del, "/sessions/:id/purge", "delete_session_purge", delete_session_purge, 200,
       {"Delete a terminal session and its tasks", "", "PurgeSessionRequest", "", "PurgeResult"});
   add(method::post, "/sessions/:id/prepare-recovery", "post_session_prepare_recovery",
-      post_session_prepare_recovery, 200, {"Record a recovery checkpoint", "", "", "", "RecoveryCheckpoint"});
+      post_session_prepare_recovery, 200,
+      {"Record a recovery checkpoint", "", "", "", "RecoveryCheckpoint"});
   add(method::post, "/sessions/:id/recover", "post_session_recover", post_session_recover, 200,
       {"Recover a session (optionally elsewhere)", "", "RecoverSessionRequest", "", "Session"});
   add(method::get, "/sessions/:id/recovery-history", "get_session_recovery_history",
-      get_session_recovery_history, 200, {"Recovery attempts of a session", "", "", "", "RecoveryHistory"});
+      get_session_recovery_history, 200,
+      {"Recovery attempts of a session", "", "", "", "RecoveryHistory"});
 }
 
 }  // namespace statetrack::api

@@ -1,12 +1,13 @@
 // The validation engine behind every schema.
 #include "api/validation.hpp"
 
-#include <boost/json/parse.hpp>
-#include <boost/json/parser.hpp>
 #include <charconv>
 #include <cmath>
 #include <limits>
 #include <set>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/parser.hpp>
 
 #include "core/types.hpp"
 #include "http/router.hpp"
@@ -26,12 +27,17 @@ std::string fmt_number(double d) {
 std::string type_message(const field_spec& f, std::string_view prefix = {}) {
   std::string p = std::string(prefix) + std::string(f.name);
   switch (f.kind) {
-    case field_kind::string: return p + " must be a string";
-    case field_kind::number: return p + " must be a number conforming to the specified constraints";
-    case field_kind::boolean: return p + " must be a boolean value";
-    case field_kind::object: return p + " must be an object";
+    case field_kind::string:
+      return p + " must be a string";
+    case field_kind::number:
+      return p + " must be a number conforming to the specified constraints";
+    case field_kind::boolean:
+      return p + " must be a boolean value";
+    case field_kind::object:
+      return p + " must be an object";
     case field_kind::number_array:
-    case field_kind::enum_array: return p + " must be an array";
+    case field_kind::enum_array:
+      return p + " must be an array";
     case field_kind::enum_value: {
       std::string m = p + " must be one of the following values: ";
       for (std::size_t i = 0; i < f.enum_values.size(); ++i) {
@@ -40,7 +46,8 @@ std::string type_message(const field_spec& f, std::string_view prefix = {}) {
       }
       return m;
     }
-    case field_kind::iso_date: return p + " must be a valid ISO 8601 date string";
+    case field_kind::iso_date:
+      return p + " must be a valid ISO 8601 date string";
   }
   return p + " is invalid";
 }
@@ -131,7 +138,8 @@ void check_field(const field_spec& f, json::value& v, std::vector<std::string>& 
         out.push_back("each value in " + p +
                       " must be a number conforming to the specified constraints");
       }
-      if (below) out.push_back("each value in " + p + " must not be less than " + fmt_number(*f.min));
+      if (below)
+        out.push_back("each value in " + p + " must not be less than " + fmt_number(*f.min));
       if (f.unique && dup) out.push_back("All " + p + "'s elements must be unique");
       return;
     }
@@ -145,7 +153,8 @@ void check_field(const field_spec& f, json::value& v, std::vector<std::string>& 
         if (!e.is_string() || !is_member(f, e.as_string())) bad = true;
       }
       if (bad) {
-        std::string m = "each value in " + std::string(f.name) + " must be one of the following values: ";
+        std::string m =
+            "each value in " + std::string(f.name) + " must be one of the following values: ";
         for (std::size_t i = 0; i < f.enum_values.size(); ++i) {
           if (i > 0) m += ", ";
           m += f.enum_values[i];
@@ -185,15 +194,19 @@ double js_number(std::string_view s) {
   auto is_space = [](char c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
   };
-  while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
-  while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
+  while (!s.empty() && is_space(s.front()))
+    s.remove_prefix(1);
+  while (!s.empty() && is_space(s.back()))
+    s.remove_suffix(1);
   if (s.empty()) return 0;
   constexpr double nan = std::numeric_limits<double>::quiet_NaN();
   if (s == "Infinity" || s == "+Infinity") return std::numeric_limits<double>::infinity();
   if (s == "-Infinity") return -std::numeric_limits<double>::infinity();
   if (s.size() > 2 && s[0] == '0') {
-    int base = s[1] == 'x' || s[1] == 'X' ? 16 : s[1] == 'o' || s[1] == 'O' ? 8
-                                              : s[1] == 'b' || s[1] == 'B' ? 2 : 0;
+    int base = s[1] == 'x' || s[1] == 'X'   ? 16
+               : s[1] == 'o' || s[1] == 'O' ? 8
+               : s[1] == 'b' || s[1] == 'B' ? 2
+                                            : 0;
     if (base != 0) {
       std::uint64_t v = 0;
       auto body = s.substr(2);
@@ -254,7 +267,8 @@ core::result<json::object> validate_query(
     if (!known) {
       std::string m = "property " + k + " should not exist";
       bool dup = false;
-      for (const auto& x : msgs) dup = dup || x == m;
+      for (const auto& x : msgs)
+        dup = dup || x == m;
       if (!dup) msgs.push_back(std::move(m));
       continue;
     }
@@ -325,17 +339,24 @@ json::object to_json_schema(const schema& s) {
     json::object p;
     auto enum_list = [&] {
       json::array a;
-      for (auto e : f.enum_values) a.emplace_back(e);
+      for (auto e : f.enum_values)
+        a.emplace_back(e);
       return a;
     };
     switch (f.kind) {
-      case field_kind::string: p["type"] = "string"; break;
+      case field_kind::string:
+        p["type"] = "string";
+        break;
       case field_kind::iso_date:
         p["type"] = "string";
         p["format"] = "date-time";
         break;
-      case field_kind::number: p["type"] = f.integer ? "integer" : "number"; break;
-      case field_kind::boolean: p["type"] = "boolean"; break;
+      case field_kind::number:
+        p["type"] = f.integer ? "integer" : "number";
+        break;
+      case field_kind::boolean:
+        p["type"] = "boolean";
+        break;
       case field_kind::object:
         p["type"] = "object";
         p["additionalProperties"] = true;
@@ -409,14 +430,18 @@ core::result<json::value> parse_body(std::string_view content_type, std::string_
   }
   if (trimmed.empty()) return json::value(json::object{});
   std::string ct(content_type.substr(0, content_type.find(';')));
-  for (char& c : ct) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-  while (!ct.empty() && ct.back() == ' ') ct.pop_back();
+  for (char& c : ct)
+    c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  while (!ct.empty() && ct.back() == ' ')
+    ct.pop_back();
   if (ct == "application/x-www-form-urlencoded") {
     json::object o;
-    for (auto& [k, v] : http::parse_query(body)) o[k] = v;
+    for (auto& [k, v] : http::parse_query(body))
+      o[k] = v;
     return json::value(std::move(o));
   }
-  bool is_json = ct == "application/json" || (ct.starts_with("application/") && ct.ends_with("+json"));
+  bool is_json =
+      ct == "application/json" || (ct.starts_with("application/") && ct.ends_with("+json"));
   if (!is_json) return json::value(json::object{});
   json::parse_options opts;
   opts.max_depth = 64;

@@ -3,14 +3,15 @@
 // rejected, optional fields accept null, numbers must be finite.
 #pragma once
 
-#include <boost/json/object.hpp>
-#include <boost/json/value.hpp>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include <boost/json/object.hpp>
+#include <boost/json/value.hpp>
 
 #include "core/error.hpp"
 
@@ -35,9 +36,9 @@ struct field_spec {
   std::optional<double> min;
   std::optional<double> max;
   std::span<const std::string_view> enum_values{};
-  bool integer = false;        // refuse fractions
-  bool unique = false;         // arrays: elements must be unique
-  bool coerce_number = false;  // apply JavaScript Number() to strings first
+  bool integer = false;            // refuse fractions
+  bool unique = false;             // arrays: elements must be unique
+  bool coerce_number = false;      // apply JavaScript Number() to strings first
   std::string_view min_message{};  // replaces the default "must not be less than" text
   std::string_view description{};
 };

@@ -1,11 +1,12 @@
 // Subcommands. Each prints one clear line on stderr and exits 2 on bad usage.
 #include "app/cli.hpp"
 
-#include <boost/program_options.hpp>
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <vector>
+
+#include <boost/program_options.hpp>
 
 #include "app/config.hpp"
 #include "app/serve.hpp"
@@ -77,7 +78,8 @@ int keys_command(const std::vector<std::string>& args) {
         std::cerr << "statetrack keys: --role must be admin, write or read\n";
         return 2;
       }
-      auto [plain, rec] = core::create_api_key(store, vm["name"].as<std::string>(), *role, clock.now());
+      auto [plain, rec] =
+          core::create_api_key(store, vm["name"].as<std::string>(), *role, clock.now());
       std::cout << plain << "\n";
       std::cerr << "created key id " << rec.id << " (prefix " << rec.prefix << ", role "
                 << core::role_name(rec.role)
@@ -164,7 +166,8 @@ int db_command(const std::string& name, const std::vector<std::string>& args) {
       if (applied.empty()) {
         std::cout << "database " << db << " is up to date\n";
       } else {
-        for (int v : applied) std::cout << "applied migration " << v << "\n";
+        for (int v : applied)
+          std::cout << "applied migration " << v << "\n";
       }
       return 0;
     }

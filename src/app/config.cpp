@@ -1,13 +1,14 @@
 // The options table and its three sources.
 #include "app/config.hpp"
 
-#include <boost/program_options.hpp>
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
 #include <sstream>
+
+#include <boost/program_options.hpp>
 
 #include "obs/logger.hpp"
 
@@ -18,8 +19,8 @@ namespace po = boost::program_options;
 namespace {
 
 struct option_def {
-  const char* name;                 // --name
-  std::vector<const char*> env;     // environment variables, first wins
+  const char* name;              // --name
+  std::vector<const char*> env;  // environment variables, first wins
   std::string default_text;
   const char* help;
   bool is_switch = false;
@@ -55,23 +56,42 @@ std::string set_bool(bool& field, const std::string& v) {
 const std::vector<option_def>& table() {
   constexpr std::int64_t big = 1'000'000'000'000;
   static const std::vector<option_def> defs = {
-      {"host", {"STATETRACK_HOST"}, "0.0.0.0", "Address to listen on", false,
+      {"host",
+       {"STATETRACK_HOST"},
+       "0.0.0.0",
+       "Address to listen on",
+       false,
        [](config& c, const std::string& v) {
          c.host = v;
          return std::string();
        }},
-      {"port", {"STATETRACK_PORT", "PORT"}, "3000", "TCP port; 0 picks a free port", false,
+      {"port",
+       {"STATETRACK_PORT", "PORT"},
+       "3000",
+       "TCP port; 0 picks a free port",
+       false,
        ST_INT(port, 0, 65535)},
-      {"db", {"STATETRACK_DB"}, "./var/statetrack.db", "SQLite database file", false,
+      {"db",
+       {"STATETRACK_DB"},
+       "./var/statetrack.db",
+       "SQLite database file",
+       false,
        [](config& c, const std::string& v) {
          if (v.empty()) return std::string("must not be empty");
          c.db = v;
          return std::string();
        }},
-      {"threads", {"STATETRACK_THREADS"}, "0", "I/O threads; 0 = one per available core",
-       false, ST_INT(threads, 0, 256)},
-      {"api-keys", {"STATETRACK_API_KEYS", "API_KEYS"}, "",
-       "Comma-separated API keys accepted besides the keys stored in the database", false,
+      {"threads",
+       {"STATETRACK_THREADS"},
+       "0",
+       "I/O threads; 0 = one per available core",
+       false,
+       ST_INT(threads, 0, 256)},
+      {"api-keys",
+       {"STATETRACK_API_KEYS", "API_KEYS"},
+       "",
+       "Comma-separated API keys accepted besides the keys stored in the database",
+       false,
        [](config& c, const std::string& v) {
          c.api_keys.clear();
          std::stringstream ss(v);
@@ -83,70 +103,131 @@ const std::vector<option_def>& table() {
          }
          return std::string();
        }},
-      {"log-level", {"STATETRACK_LOG_LEVEL", "LOG_LEVEL"}, "info",
-       "Minimum log level: debug, info, warn, error", false,
+      {"log-level",
+       {"STATETRACK_LOG_LEVEL", "LOG_LEVEL"},
+       "info",
+       "Minimum log level: debug, info, warn, error",
+       false,
        [](config& c, const std::string& v) {
          obs::level l;
          if (!obs::parse_level(v, l)) return "unknown level '" + v + "'";
          c.log_level = v;
          return std::string();
        }},
-      {"log-format", {"STATETRACK_LOG_FORMAT", "LOG_FORMAT"}, "json",
-       "Log line format: json or pretty", false,
+      {"log-format",
+       {"STATETRACK_LOG_FORMAT", "LOG_FORMAT"},
+       "json",
+       "Log line format: json or pretty",
+       false,
        [](config& c, const std::string& v) {
          if (v != "json" && v != "pretty") return "must be json or pretty, not '" + v + "'";
          c.log_format = v;
          return std::string();
        }},
-      {"rate-limit-default", {"STATETRACK_RATE_LIMIT_DEFAULT", "RATE_LIMIT_DEFAULT"}, "100",
-       "Requests per window per endpoint and client address; 0 disables", false,
+      {"rate-limit-default",
+       {"STATETRACK_RATE_LIMIT_DEFAULT", "RATE_LIMIT_DEFAULT"},
+       "100",
+       "Requests per window per endpoint and client address; 0 disables",
+       false,
        ST_INT(rate_limit_default, 0, big)},
-      {"rate-limit-heartbeat", {"STATETRACK_RATE_LIMIT_HEARTBEAT", "RATE_LIMIT_HEARTBEAT"}, "120",
-       "Session heartbeats per window per client address; 0 disables", false,
+      {"rate-limit-heartbeat",
+       {"STATETRACK_RATE_LIMIT_HEARTBEAT", "RATE_LIMIT_HEARTBEAT"},
+       "120",
+       "Session heartbeats per window per client address; 0 disables",
+       false,
        ST_INT(rate_limit_heartbeat, 0, big)},
-      {"rate-limit-window-ms", {"STATETRACK_RATE_LIMIT_WINDOW_MS", "RATE_LIMIT_WINDOW_MS"},
-       "60000", "Rate-limit window in milliseconds", false,
+      {"rate-limit-window-ms",
+       {"STATETRACK_RATE_LIMIT_WINDOW_MS", "RATE_LIMIT_WINDOW_MS"},
+       "60000",
+       "Rate-limit window in milliseconds",
+       false,
        ST_INT(rate_limit_window_ms, 1, big)},
-      {"request-timeout-ms", {"STATETRACK_REQUEST_TIMEOUT_MS", "REQUEST_TIMEOUT_MS"}, "30000",
-       "Deadline for reading one request from a client", false,
+      {"request-timeout-ms",
+       {"STATETRACK_REQUEST_TIMEOUT_MS", "REQUEST_TIMEOUT_MS"},
+       "30000",
+       "Deadline for reading one request from a client",
+       false,
        ST_INT(request_timeout_ms, 100, 3'600'000)},
-      {"max-body-bytes", {"STATETRACK_MAX_BODY_BYTES"}, "102400",
-       "Largest accepted request body (413 above)", false, ST_INT(max_body_bytes, 1024, 1 << 30)},
-      {"max-header-bytes", {"STATETRACK_MAX_HEADER_BYTES"}, "16384",
-       "Largest accepted request header block (431 above)", false,
+      {"max-body-bytes",
+       {"STATETRACK_MAX_BODY_BYTES"},
+       "102400",
+       "Largest accepted request body (413 above)",
+       false,
+       ST_INT(max_body_bytes, 1024, 1 << 30)},
+      {"max-header-bytes",
+       {"STATETRACK_MAX_HEADER_BYTES"},
+       "16384",
+       "Largest accepted request header block (431 above)",
+       false,
        ST_INT(max_header_bytes, 1024, 1 << 20)},
-      {"idle-timeout-s", {"STATETRACK_IDLE_TIMEOUT_S"}, "75",
-       "Close keep-alive connections idle this long", false, ST_INT(idle_timeout_s, 1, 86400)},
-      {"max-connections", {"STATETRACK_MAX_CONNECTIONS"}, "10000",
-       "Maximum simultaneous client connections", false, ST_INT(max_connections, 1, 1'000'000)},
-      {"drain-timeout-s", {"STATETRACK_DRAIN_TIMEOUT_S"}, "10",
-       "On SIGTERM, how long in-flight requests may take before exit", false,
+      {"idle-timeout-s",
+       {"STATETRACK_IDLE_TIMEOUT_S"},
+       "75",
+       "Close keep-alive connections idle this long",
+       false,
+       ST_INT(idle_timeout_s, 1, 86400)},
+      {"max-connections",
+       {"STATETRACK_MAX_CONNECTIONS"},
+       "10000",
+       "Maximum simultaneous client connections",
+       false,
+       ST_INT(max_connections, 1, 1'000'000)},
+      {"drain-timeout-s",
+       {"STATETRACK_DRAIN_TIMEOUT_S"},
+       "10",
+       "On SIGTERM, how long in-flight requests may take before exit",
+       false,
        ST_INT(drain_timeout_s, 0, 3600)},
-      {"disable-background-jobs", {"STATETRACK_DISABLE_BACKGROUND_JOBS", "DISABLE_BACKGROUND_JOBS"},
-       "false", "Do not run sweeps, retention or pruning in this instance", true,
-       [](config& c, const std::string& v) {
-         return set_bool(c.disable_background_jobs, v);
-       }},
-      {"sweep-interval-s", {"STATETRACK_SWEEP_INTERVAL_S"}, "5",
-       "Seconds between stall and machine-offline sweeps", false,
+      {"disable-background-jobs",
+       {"STATETRACK_DISABLE_BACKGROUND_JOBS", "DISABLE_BACKGROUND_JOBS"},
+       "false",
+       "Do not run sweeps, retention or pruning in this instance",
+       true,
+       [](config& c, const std::string& v) { return set_bool(c.disable_background_jobs, v); }},
+      {"sweep-interval-s",
+       {"STATETRACK_SWEEP_INTERVAL_S"},
+       "5",
+       "Seconds between stall and machine-offline sweeps",
+       false,
        ST_INT(sweep_interval_s, 1, 3600)},
-      {"machine-offline-after-s", {"STATETRACK_MACHINE_OFFLINE_AFTER_S"}, "600",
-       "An online machine without heartbeat this long goes offline", false,
+      {"machine-offline-after-s",
+       {"STATETRACK_MACHINE_OFFLINE_AFTER_S"},
+       "600",
+       "An online machine without heartbeat this long goes offline",
+       false,
        ST_INT(machine_offline_after_s, 1, big)},
-      {"retention-days", {"STATETRACK_RETENTION_DAYS"}, "30",
+      {"retention-days",
+       {"STATETRACK_RETENTION_DAYS"},
+       "30",
        "Delete completed/failed sessions and tasks this many days after completion; 0 keeps "
        "them",
-       false, ST_INT(retention_days, 0, 100000)},
-      {"archive-after-days", {"STATETRACK_ARCHIVE_AFTER_DAYS"}, "90",
+       false,
+       ST_INT(retention_days, 0, 100000)},
+      {"archive-after-days",
+       {"STATETRACK_ARCHIVE_AFTER_DAYS"},
+       "90",
        "Archive completed/failed sessions this many days after completion (applies only when "
        "shorter than the retention); 0 disables",
-       false, ST_INT(archive_after_days, 0, 100000)},
-      {"retention-interval-s", {"STATETRACK_RETENTION_INTERVAL_S"}, "3600",
-       "Seconds between retention runs", false, ST_INT(retention_interval_s, 1, 86400 * 7)},
-      {"event-retention-days", {"STATETRACK_EVENT_RETENTION_DAYS"}, "7",
-       "Keep the event log this many days", false, ST_INT(event_retention_days, 1, 100000)},
-      {"event-retention-count", {"STATETRACK_EVENT_RETENTION_COUNT"}, "1000000",
-       "Keep at most this many events", false, ST_INT(event_retention_count, 1000, big)},
+       false,
+       ST_INT(archive_after_days, 0, 100000)},
+      {"retention-interval-s",
+       {"STATETRACK_RETENTION_INTERVAL_S"},
+       "3600",
+       "Seconds between retention runs",
+       false,
+       ST_INT(retention_interval_s, 1, 86400 * 7)},
+      {"event-retention-days",
+       {"STATETRACK_EVENT_RETENTION_DAYS"},
+       "7",
+       "Keep the event log this many days",
+       false,
+       ST_INT(event_retention_days, 1, 100000)},
+      {"event-retention-count",
+       {"STATETRACK_EVENT_RETENTION_COUNT"},
+       "1000000",
+       "Keep at most this many events",
+       false,
+       ST_INT(event_retention_count, 1000, big)},
   };
   return defs;
 }
@@ -157,13 +238,18 @@ po::options_description describe(bool with_config) {
   po::options_description d("statetrack serve options");
   d.add_options()("help,h", "Show this help");
   if (with_config) {
-    d.add_options()("help-markdown", "Print the options as the Markdown table of docs/configuration.md");
+    d.add_options()("help-markdown",
+                    "Print the options as the Markdown table of docs/configuration.md");
   }
-  if (with_config) d.add_options()("config", po::value<std::string>(), "Read options from FILE (key = value lines)");
+  if (with_config)
+    d.add_options()("config", po::value<std::string>(),
+                    "Read options from FILE (key = value lines)");
   for (const auto& o : table()) {
     std::string help = o.help;
-    help += " (default: " + (o.default_text.empty() ? std::string("none") : o.default_text) + "; env " + o.env[0];
-    for (std::size_t i = 1; i < o.env.size(); ++i) help += ", " + std::string(o.env[i]);
+    help += " (default: " + (o.default_text.empty() ? std::string("none") : o.default_text) +
+            "; env " + o.env[0];
+    for (std::size_t i = 1; i < o.env.size(); ++i)
+      help += ", " + std::string(o.env[i]);
     help += ")";
     if (o.is_switch) {
       d.add_options()(o.name, po::value<std::string>()->implicit_value("true")->zero_tokens(),
@@ -202,7 +288,8 @@ std::string options_markdown() {
         "names without dashes) |\n";
   for (const auto& o : table()) {
     os << "| `--" << o.name << "` | ";
-    for (std::size_t i = 0; i < o.env.size(); ++i) os << (i ? ", " : "") << "`" << o.env[i] << "`";
+    for (std::size_t i = 0; i < o.env.size(); ++i)
+      os << (i ? ", " : "") << "`" << o.env[i] << "`";
     os << " | " << (o.default_text.empty() ? "" : "`" + o.default_text + "`") << " | " << o.help
        << " |\n";
   }

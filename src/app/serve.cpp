@@ -1,16 +1,16 @@
 // Composition root of the server process.
 #include "app/serve.hpp"
 
-#include <sched.h>
-
-#include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
-#include <boost/asio/executor_work_guard.hpp>
-#include <boost/asio/steady_timer.hpp>
 #include <csignal>
 #include <iostream>
+#include <sched.h>
 #include <thread>
 #include <vector>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include "api/routes.hpp"
 #include "api/services.hpp"
@@ -50,7 +50,8 @@ std::size_t available_cores() {
 int serve(const config& cfg) {
   obs::level lvl = obs::level::info;
   obs::parse_level(cfg.log_level, lvl);
-  obs::logger log(lvl, cfg.log_format == "pretty" ? obs::log_format::pretty : obs::log_format::json);
+  obs::logger log(lvl,
+                  cfg.log_format == "pretty" ? obs::log_format::pretty : obs::log_format::json);
   obs::registry metrics;
 
   std::unique_ptr<storage::sqlite::sqlite_store> store;
@@ -74,11 +75,12 @@ int serve(const config& cfg) {
   if (!keys.has_env_keys()) {
     bool any = false;
     store->read_now([&](storage::read_view& v) {
-      for (const auto& k : v.list_api_keys()) any = any || !k.revoked_at;
+      for (const auto& k : v.list_api_keys())
+        any = any || !k.revoked_at;
     });
     if (!any) {
-      auto [plain, rec] = core::create_api_key(*store, "bootstrap-admin", core::key_role::admin,
-                                               clock.now());
+      auto [plain, rec] =
+          core::create_api_key(*store, "bootstrap-admin", core::key_role::admin, clock.now());
       log.print_line("statetrack created an admin API key (shown only once, store it now): " +
                      plain);
     }
@@ -115,8 +117,9 @@ int serve(const config& cfg) {
   obs::request_stats stats(metrics, infos);
   register_process_metrics(metrics, *store);
 
-  api::services svc{*store, clock, sessions, tasks, machines, keys, metrics, log, stats, router,
-                    nullptr, std::chrono::steady_clock::now(), ST_VERSION};
+  api::services svc{*store,    clock, sessions, tasks,  machines, keys,
+                    metrics,   log,   stats,    router, nullptr,  std::chrono::steady_clock::now(),
+                    ST_VERSION};
   svc.jobs = &scheduler;
   svc.version = ST_VERSION;
 
@@ -163,7 +166,8 @@ int serve(const config& cfg) {
   auto deadline = std::chrono::steady_clock::now();
   std::function<void()> poll_drain = [&] {
     if (srv.connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
-      for (auto& c : contexts) c->stop();
+      for (auto& c : contexts)
+        c->stop();
       return;
     }
     drain_timer.expires_after(std::chrono::milliseconds(20));
@@ -181,13 +185,15 @@ int serve(const config& cfg) {
   });
 
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
-  for (auto& c : contexts) keep_running.emplace_back(c->get_executor());
+  for (auto& c : contexts)
+    keep_running.emplace_back(c->get_executor());
   std::vector<std::thread> pool;
   for (std::size_t i = 1; i < io_threads; ++i) {
     pool.emplace_back([c = contexts[i].get()] { c->run(); });
   }
   ioc.run();
-  for (auto& t : pool) t.join();
+  for (auto& t : pool)
+    t.join();
 
   store->close();
   log.info("App", "statetrack stopped");

@@ -2,11 +2,11 @@
 // (so a revocation is seen within a second without a database read per request).
 #include "core/api_keys.hpp"
 
+#include <stdexcept>
+
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-
-#include <stdexcept>
 
 #include "storage/store.hpp"
 
@@ -43,7 +43,9 @@ bool equal_ct(std::string_view a, std::string_view b) {
 
 }  // namespace
 
-std::string sha256_hex(std::string_view data) { return to_hex(sha256_raw(data)); }
+std::string sha256_hex(std::string_view data) {
+  return to_hex(sha256_raw(data));
+}
 
 std::string generate_api_key() {
   static constexpr char alphabet[] =
@@ -61,13 +63,18 @@ std::string generate_api_key() {
   return key;
 }
 
-std::string api_key_prefix(std::string_view key) { return std::string(key.substr(0, 11)); }
+std::string api_key_prefix(std::string_view key) {
+  return std::string(key.substr(0, 11));
+}
 
 std::string_view role_name(key_role r) {
   switch (r) {
-    case key_role::admin: return "admin";
-    case key_role::write: return "write";
-    case key_role::read: return "read";
+    case key_role::admin:
+      return "admin";
+    case key_role::write:
+      return "write";
+    case key_role::read:
+      return "read";
   }
   return "read";
 }
@@ -97,7 +104,8 @@ boost::asio::awaitable<std::optional<principal>> key_verifier::verify(std::strin
   const std::string digest = sha256_raw(presented);
   // Every environment key is compared, whatever matches first.
   bool env_match = false;
-  for (const auto& h : env_hashes_) env_match = equal_ct(digest, h) || env_match;
+  for (const auto& h : env_hashes_)
+    env_match = equal_ct(digest, h) || env_match;
   if (env_match) {
     co_return principal{"env:" + to_hex(digest).substr(0, 8), key_role::admin, 0};
   }

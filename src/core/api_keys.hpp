@@ -3,7 +3,6 @@
 // Comparison is constant-time. One verifier per server, shared by all I/O threads.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -12,6 +11,8 @@
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include <boost/asio/awaitable.hpp>
 
 #include "core/clock.hpp"
 #include "core/model.hpp"

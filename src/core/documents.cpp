@@ -15,7 +15,8 @@ void write_session(util::json_writer& w, const session& s) {
   if (s.current_task_id) w.field("current_task_id", *s.current_task_id);
   w.field_iso("started_at", s.started_at.ms);
   if (s.completed_at) w.field_iso("completed_at", s.completed_at->ms);
-  w.field_raw("metadata", s.metadata.empty() ? std::string_view("{}") : std::string_view(s.metadata));
+  w.field_raw("metadata",
+              s.metadata.empty() ? std::string_view("{}") : std::string_view(s.metadata));
   w.field_iso("created_at", s.created_at.ms);
   w.field_iso("updated_at", s.updated_at.ms);
   w.field("heartbeat_timeout_s", static_cast<std::int64_t>(s.heartbeat_timeout_s));
@@ -37,7 +38,8 @@ void write_task(util::json_writer& w, const task& t) {
   if (t.started_at) w.field_iso("started_at", t.started_at->ms);
   if (t.completed_at) w.field_iso("completed_at", t.completed_at->ms);
   if (t.error_message) w.field("error_message", *t.error_message);
-  w.field_raw("metadata", t.metadata.empty() ? std::string_view("{}") : std::string_view(t.metadata));
+  w.field_raw("metadata",
+              t.metadata.empty() ? std::string_view("{}") : std::string_view(t.metadata));
   w.field_iso("created_at", t.created_at.ms);
   w.field_iso("updated_at", t.updated_at.ms);
   w.field("__v", static_cast<std::int64_t>(0));
@@ -50,14 +52,17 @@ void write_machine(util::json_writer& w, const machine& m) {
   w.field("machine_id", m.machine_id);
   w.field("hostname", m.hostname);
   w.key("docker_slots").begin_array();
-  for (auto n : m.docker_slots) w.value(n);
+  for (auto n : m.docker_slots)
+    w.value(n);
   w.end_array();
   w.key("active_sessions").begin_array();
-  for (const auto& id : m.active_sessions) w.value(id);
+  for (const auto& id : m.active_sessions)
+    w.value(id);
   w.end_array();
   w.field("status", to_string(m.status));
   w.field_iso("last_heartbeat", m.last_heartbeat.ms);
-  w.field_raw("metadata", m.metadata.empty() ? std::string_view("{}") : std::string_view(m.metadata));
+  w.field_raw("metadata",
+              m.metadata.empty() ? std::string_view("{}") : std::string_view(m.metadata));
   w.field_iso("created_at", m.created_at.ms);
   w.field_iso("updated_at", m.updated_at.ms);
   w.field("__v", static_cast<std::int64_t>(0));

@@ -2,13 +2,14 @@
 // one exception type for infrastructure failures. The api layer maps both to the envelope.
 #pragma once
 
-#include <boost/assert/source_location.hpp>
-#include <boost/json/value.hpp>
-#include <boost/system/result.hpp>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <boost/assert/source_location.hpp>
+#include <boost/json/value.hpp>
+#include <boost/system/result.hpp>
 
 namespace statetrack::core {
 
@@ -43,7 +44,9 @@ struct error {
   boost::json::value details;
 };
 
-inline error make_error(errc code, std::string message) { return error{code, std::move(message), {}, {}}; }
+inline error make_error(errc code, std::string message) {
+  return error{code, std::move(message), {}, {}};
+}
 inline error validation_error(std::vector<std::string> messages) {
   return error{errc::validation_failed, "Validation failed", std::move(messages), {}};
 }

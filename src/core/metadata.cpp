@@ -13,11 +13,14 @@ boost::json::object parse_metadata(std::string_view text) {
   return std::move(v.as_object());
 }
 
-std::string serialize_metadata(const boost::json::object& o) { return boost::json::serialize(o); }
+std::string serialize_metadata(const boost::json::object& o) {
+  return boost::json::serialize(o);
+}
 
 std::string merge_metadata(std::string_view stored, const boost::json::object& patch) {
   auto o = parse_metadata(stored);
-  for (const auto& kv : patch) o[kv.key()] = kv.value();
+  for (const auto& kv : patch)
+    o[kv.key()] = kv.value();
   return serialize_metadata(o);
 }
 

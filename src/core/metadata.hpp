@@ -2,9 +2,10 @@
 // for the few operations that change metadata (merges, failure and recovery bookkeeping).
 #pragma once
 
-#include <boost/json/object.hpp>
 #include <string>
 #include <string_view>
+
+#include <boost/json/object.hpp>
 
 namespace statetrack::core {
 

@@ -1,9 +1,10 @@
 // Recommendation texts exactly as the contract lists them.
 #include "core/session_insights.hpp"
 
+#include <cmath>
+
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
-#include <cmath>
 
 #include "core/metadata.hpp"
 
@@ -27,7 +28,8 @@ session_health assess_health(const session& s, timestamp now, double threshold_s
     r.emplace_back("Use POST /sessions/:id/mark-stalled to mark as stalled");
     r.emplace_back("Use POST /sessions/:id/mark-failed to mark as failed");
     if (t > 600) r.emplace_back("Session has been unresponsive for over 10 minutes");
-    if (t > 900) r.emplace_back("Session is very stale (>15 minutes) - recommend marking as failed");
+    if (t > 900)
+      r.emplace_back("Session is very stale (>15 minutes) - recommend marking as failed");
   }
   if (s.status == session_status::stalled) {
     r.emplace_back("Session is in stalled state");
@@ -43,7 +45,8 @@ session_health assess_health(const session& s, timestamp now, double threshold_s
     r.emplace_back("Paused session has not sent heartbeat");
     r.emplace_back("Session may need to be resumed or cleaned up");
   }
-  if (r.empty() && s.status == session_status::active) r.emplace_back("Session is healthy and active");
+  if (r.empty() && s.status == session_status::active)
+    r.emplace_back("Session is healthy and active");
   return h;
 }
 
@@ -84,7 +87,8 @@ failure_analysis analyse_failure(const session& s, const std::vector<task>& task
                 " minutes");
   }
   if (a.has_stuck_tasks) {
-    r.push_back("Found " + std::to_string(a.stuck_task_count) + " task(s) stuck in in_progress state");
+    r.push_back("Found " + std::to_string(a.stuck_task_count) +
+                " task(s) stuck in in_progress state");
     r.emplace_back("Consider marking stuck tasks as failed or blocked before restarting");
   }
   if (has_reason) r.push_back("Failure reason: " + a.failure_reason);
@@ -98,7 +102,8 @@ failure_analysis analyse_failure(const session& s, const std::vector<task>& task
     r.push_back("Docker slot " + slot + " may need to be cleaned up or restarted");
   }
   r.emplace_back("Consider creating a new session on a different machine for recovery");
-  if (s.current_task_id) r.push_back("Review current task " + *s.current_task_id + " for potential issues");
+  if (s.current_task_id)
+    r.push_back("Review current task " + *s.current_task_id + " for potential issues");
   return a;
 }
 

@@ -19,8 +19,8 @@ struct session_health {
 session_health assess_health(const session& s, timestamp now, double threshold_s);
 
 struct failure_analysis {
-  std::string failure_reason;          // "Unknown" when missing or empty
-  std::string error_details_json;      // empty when none
+  std::string failure_reason;      // "Unknown" when missing or empty
+  std::string error_details_json;  // empty when none
   timestamp failed_at;
   std::optional<task> last_successful_task;
   std::int64_t duration_minutes = 0;

@@ -2,9 +2,10 @@
 // fixed as recommended: literal routes, merged recovery metadata, no partial cleanup.
 #include "core/session_service.hpp"
 
+#include <cmath>
+
 #include <boost/json/array.hpp>
 #include <boost/json/value.hpp>
-#include <cmath>
 
 #include "core/events.hpp"
 #include "core/metadata.hpp"
@@ -33,7 +34,9 @@ void rearm(session& s) {
   s.sweep_at = s.deadline_at;
 }
 
-std::string iso(timestamp t) { return format_iso(t); }
+std::string iso(timestamp t) {
+  return format_iso(t);
+}
 
 json::object recovery_of(const json::object& metadata) {
   auto* r = metadata.if_contains("recovery");
@@ -135,7 +138,8 @@ task_of<session> session_service::update(std::string id, update_session_input in
     // Resuming a session gives it a full timeout from now: never stall it early.
     if (s.status == session_status::active && before != session_status::active &&
         !in.last_heartbeat) {
-      s.deadline_at = std::max(s.deadline_at, now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000);
+      s.deadline_at =
+          std::max(s.deadline_at, now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000);
       s.sweep_at = s.deadline_at;
     }
     s.updated_at = now;
@@ -289,8 +293,8 @@ task_of<session> session_service::mark_stalled(std::string id, std::string reaso
     if (!found) return session_not_found(id);
     session s = std::move(*found);
     if (s.status == session_status::completed || s.status == session_status::failed) {
-      return make_error(errc::bad_request, "Cannot mark " + std::string(to_string(s.status)) +
-                                               " session as stalled");
+      return make_error(errc::bad_request,
+                        "Cannot mark " + std::string(to_string(s.status)) + " session as stalled");
     }
     s.status = session_status::stalled;
     json::object patch;
@@ -361,11 +365,13 @@ task_of<cleanup_outcome> session_service::cleanup(cleanup_input in) {
     out.completed_at = now;
     for (auto st : in.statuses) {
       bool listed = false;
-      for (const auto& [k, n] : out.breakdown) listed = listed || k == st;
+      for (const auto& [k, n] : out.breakdown)
+        listed = listed || k == st;
       if (!listed) out.breakdown.emplace_back(st, 0);
     }
     status_set wanted;
-    for (auto st : in.statuses) wanted.bits |= status_set::of({st}).bits;
+    for (auto st : in.statuses)
+      wanted.bits |= status_set::of({st}).bits;
     if (wanted.empty()) return out;
     session_filter f;
     f.statuses = wanted;
@@ -423,10 +429,12 @@ boost::asio::awaitable<std::vector<session>> session_service::recoverable(recove
   f.project_id = std::move(q.project_id);
   f.machine_id = std::move(q.machine_id);
   if (q.max_age_minutes) {
-    f.last_heartbeat_at_least = now - static_cast<std::int64_t>(std::llround(*q.max_age_minutes * 60000));
+    f.last_heartbeat_at_least =
+        now - static_cast<std::int64_t>(std::llround(*q.max_age_minutes * 60000));
   }
   if (q.min_age_minutes && *q.min_age_minutes > 0) {
-    f.last_heartbeat_at_most = now - static_cast<std::int64_t>(std::llround(*q.min_age_minutes * 60000));
+    f.last_heartbeat_at_most =
+        now - static_cast<std::int64_t>(std::llround(*q.min_age_minutes * 60000));
   }
   f.order = session_order::last_heartbeat_asc;
   auto fn = [&f](read_view& v) { return v.list_sessions(f); };
@@ -446,7 +454,8 @@ task_of<prepare_recovery_outcome> session_service::prepare_recovery(std::string 
     json::object meta = parse_metadata(s.metadata);
     const std::int64_t attempts = recovery_attempts(meta);
     if (attempts >= max_recovery_attempts) {
-      return make_error(errc::bad_request, "Maximum recovery attempts (3) reached for this session");
+      return make_error(errc::bad_request,
+                        "Maximum recovery attempts (3) reached for this session");
     }
     prepare_recovery_outcome out{s, attempts, now};
     json::object snapshot = meta;
@@ -491,7 +500,8 @@ task_of<session> session_service::recover(std::string id, recover_input in) {
     if (in.resume_from_task_id) {
       auto t = tx.get_task(*in.resume_from_task_id);
       if (!t) {
-        return make_error(errc::not_found, "Task with ID " + *in.resume_from_task_id + " not found");
+        return make_error(errc::not_found,
+                          "Task with ID " + *in.resume_from_task_id + " not found");
       }
       if (t->session_id != s.session_id) {
         return make_error(errc::bad_request, "Task " + *in.resume_from_task_id +
@@ -501,7 +511,8 @@ task_of<session> session_service::recover(std::string id, recover_input in) {
     json::object meta = parse_metadata(s.metadata);
     const std::int64_t attempts = recovery_attempts(meta);
     if (attempts >= max_recovery_attempts) {
-      return make_error(errc::bad_request, "Maximum recovery attempts (3) reached for this session");
+      return make_error(errc::bad_request,
+                        "Maximum recovery attempts (3) reached for this session");
     }
     s.status = session_status::active;
     s.last_heartbeat = now;
@@ -524,7 +535,8 @@ task_of<session> session_service::recover(std::string id, recover_input in) {
       history = recovery.if_contains("recovery_history");
     }
     history->as_array().emplace_back(std::move(attempt));
-    if (!recovery.contains("recovery_checkpoints")) recovery["recovery_checkpoints"] = json::array();
+    if (!recovery.contains("recovery_checkpoints"))
+      recovery["recovery_checkpoints"] = json::array();
     meta["recovery"] = std::move(recovery);
     s.metadata = serialize_metadata(meta);
     s.epoch += 1;

@@ -4,12 +4,13 @@
 // transition is a compare-and-set). Created once by the app; safe to call from any thread.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
-#include <boost/json/object.hpp>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/json/object.hpp>
 
 #include "core/clock.hpp"
 #include "core/error.hpp"
@@ -143,8 +144,7 @@ class session_service {
   boost::asio::awaitable<sweep_outcome> sweep_stalled(timestamp now, std::int64_t batch);
   boost::asio::awaitable<std::int64_t> apply_retention(timestamp completed_before,
                                                        std::int64_t batch);
-  boost::asio::awaitable<std::int64_t> auto_archive(timestamp completed_before,
-                                                    std::int64_t batch);
+  boost::asio::awaitable<std::int64_t> auto_archive(timestamp completed_before, std::int64_t batch);
 
   const clock& time() const { return clock_; }
 

@@ -3,8 +3,8 @@
 #include "core/types.hpp"
 
 #include <charconv>
-#include <climits>
 #include <chrono>
+#include <climits>
 #include <random>
 
 namespace statetrack::core {
@@ -220,7 +220,8 @@ std::string new_object_id(timestamp now) {
   auto secs = static_cast<std::uint32_t>(now.ms / 1000);
   std::uint64_t r = rng()();
   std::string out(24, '0');
-  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = hexd[(secs >> ((7 - i) * 4)) & 0xF];
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<std::size_t>(i)] = hexd[(secs >> ((7 - i) * 4)) & 0xF];
   for (int i = 0; i < 16; ++i) {
     out[static_cast<std::size_t>(8 + i)] = hexd[(r >> ((15 - i) * 4)) & 0xF];
   }
@@ -228,7 +229,8 @@ std::string new_object_id(timestamp now) {
 }
 
 template <std::size_t N, class E>
-static std::optional<E> parse_enum(const std::array<std::string_view, N>& names, std::string_view s) {
+static std::optional<E> parse_enum(const std::array<std::string_view, N>& names,
+                                   std::string_view s) {
   for (std::size_t i = 0; i < N; ++i) {
     if (names[i] == s) return static_cast<E>(i);
   }

@@ -14,7 +14,8 @@ namespace statetrack::core {
 struct timestamp {
   std::int64_t ms = 0;
 
-  friend constexpr auto operator<=>(timestamp, timestamp) = default;  // NOLINT(modernize-use-nullptr)
+  friend constexpr auto operator<=>(timestamp,
+                                    timestamp) = default;  // NOLINT(modernize-use-nullptr)
   constexpr timestamp operator+(std::int64_t delta_ms) const { return {ms + delta_ms}; }
   constexpr timestamp operator-(std::int64_t delta_ms) const { return {ms - delta_ms}; }
   constexpr std::int64_t operator-(timestamp other) const { return ms - other.ms; }

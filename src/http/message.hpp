@@ -20,12 +20,12 @@ struct request {
   std::string body;
   std::string content_type;
   std::string authorization;
-  std::string api_key;           // X-API-Key
-  std::string request_id;        // incoming X-Request-Id, if any
-  std::string origin;            // Origin
-  std::string acr_headers;       // Access-Control-Request-Headers
-  std::string last_event_id;     // Last-Event-ID
-  std::string client_ip;         // TCP peer address
+  std::string api_key;        // X-API-Key
+  std::string request_id;     // incoming X-Request-Id, if any
+  std::string origin;         // Origin
+  std::string acr_headers;    // Access-Control-Request-Headers
+  std::string last_event_id;  // Last-Event-ID
+  std::string client_ip;      // TCP peer address
   bool keep_alive = true;
 };
 

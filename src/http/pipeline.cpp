@@ -107,10 +107,11 @@ boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
         }
         if (!blocked && (!r.authenticated || who)) {
           if (m.bad_escape) {
-            fail(core::make_error(errc::bad_request, "Failed to decode param '" + m.bad_param + "'"));
+            fail(core::make_error(errc::bad_request,
+                                  "Failed to decode param '" + m.bad_param + "'"));
           } else {
-            api::context ctx{req, res, svc_, r, std::move(m.params), path, query, request_id, now,
-                             who.value_or(core::principal{})};
+            api::context ctx{req,  res,   svc_,       r,   std::move(m.params),
+                             path, query, request_id, now, who.value_or(core::principal{})};
             res.status = r.success_status;
             co_await r.handler(ctx);
           }

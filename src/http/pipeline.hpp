@@ -5,10 +5,11 @@
 // path. Shared by all connections; stateless apart from the rate limiter it is given.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <cstdint>
 #include <string>
+
+#include <boost/asio/awaitable.hpp>
 
 #include "http/message.hpp"
 #include "http/rate_limiter.hpp"

@@ -7,7 +7,9 @@
 namespace statetrack::http {
 
 namespace {
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) { return a <= 0 ? 0 : (a + b - 1) / b; }
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) {
+  return a <= 0 ? 0 : (a + b - 1) / b;
+}
 }  // namespace
 
 rate_limiter::rate_limiter(std::int64_t window_ms)

@@ -3,7 +3,6 @@
 // is tolerated, and parameters are percent-decoded. Built once at start, then read-only.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
 #include <cstddef>
 #include <memory>
 #include <optional>
@@ -11,6 +10,8 @@
 #include <string_view>
 #include <unordered_map>
 #include <vector>
+
+#include <boost/asio/awaitable.hpp>
 
 #include "http/message.hpp"
 

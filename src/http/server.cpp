@@ -11,9 +11,9 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/parser.hpp>
 
 #include "http/message.hpp"
 #include "http/pipeline.hpp"
@@ -37,20 +37,30 @@ namespace {
 
 method to_method(bhttp::verb v) {
   switch (v) {
-    case bhttp::verb::get: return method::get;
-    case bhttp::verb::head: return method::head;
-    case bhttp::verb::post: return method::post;
-    case bhttp::verb::put: return method::put;
-    case bhttp::verb::patch: return method::patch;
-    case bhttp::verb::delete_: return method::del;
-    case bhttp::verb::options: return method::options;
-    default: return method::other;
+    case bhttp::verb::get:
+      return method::get;
+    case bhttp::verb::head:
+      return method::head;
+    case bhttp::verb::post:
+      return method::post;
+    case bhttp::verb::put:
+      return method::put;
+    case bhttp::verb::patch:
+      return method::patch;
+    case bhttp::verb::delete_:
+      return method::del;
+    case bhttp::verb::options:
+      return method::options;
+    default:
+      return method::other;
   }
 }
 
 std::string trimmed(beast::string_view v) {
-  while (!v.empty() && (v.front() == ' ' || v.front() == '\t')) v.remove_prefix(1);
-  while (!v.empty() && (v.back() == ' ' || v.back() == '\t')) v.remove_suffix(1);
+  while (!v.empty() && (v.front() == ' ' || v.front() == '\t'))
+    v.remove_prefix(1);
+  while (!v.empty() && (v.back() == ' ' || v.back() == '\t'))
+    v.remove_suffix(1);
   return std::string(v);
 }
 
@@ -63,9 +73,15 @@ void fill_request(request& out, bhttp::request<bhttp::string_body>& in, const st
   out.keep_alive = in.keep_alive();
   for (const auto& f : in) {
     switch (f.name()) {
-      case bhttp::field::content_type: out.content_type = std::string(f.value()); break;
-      case bhttp::field::authorization: out.authorization = trimmed(f.value()); break;
-      case bhttp::field::origin: out.origin = std::string(f.value()); break;
+      case bhttp::field::content_type:
+        out.content_type = std::string(f.value());
+        break;
+      case bhttp::field::authorization:
+        out.authorization = trimmed(f.value());
+        break;
+      case bhttp::field::origin:
+        out.origin = std::string(f.value());
+        break;
       case bhttp::field::access_control_request_headers:
         out.acr_headers = std::string(f.value());
         break;
@@ -83,7 +99,9 @@ void fill_request(request& out, bhttp::request<bhttp::string_body>& in, const st
   }
 }
 
-void append_uint(std::string& s, std::size_t v) { s += std::to_string(v); }
+void append_uint(std::string& s, std::size_t v) {
+  s += std::to_string(v);
+}
 
 // Serialises status line, headers and (unless HEAD) body into one buffer.
 std::string serialize(const response& res, bool head_only, bool keep_alive, unsigned version) {
@@ -201,16 +219,17 @@ asio::awaitable<void> server::accept_loop() {
       continue;
     }
     accepted_->inc();
-    asio::co_spawn(socket.get_executor(), serve(std::move(socket)), [this](const std::exception_ptr& ep) {
-      if (!ep) return;
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        obs::fields f;
-        f.add("error", e.what());
-        log_.error("HTTP", "connection ended by an exception", &f);
-      }
-    });
+    asio::co_spawn(socket.get_executor(), serve(std::move(socket)),
+                   [this](const std::exception_ptr& ep) {
+                     if (!ep) return;
+                     try {
+                       std::rethrow_exception(ep);
+                     } catch (const std::exception& e) {
+                       obs::fields f;
+                       f.add("error", e.what());
+                       log_.error("HTTP", "connection ended by an exception", &f);
+                     }
+                   });
   }
 }
 

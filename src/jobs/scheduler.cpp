@@ -26,8 +26,8 @@ enum : std::size_t { stall_job = 0, offline_job = 1, retention_job = 2 };
 }  // namespace
 
 scheduler::scheduler(asio::io_context& ioc, scheduler_options opts, core::session_service& sessions,
-                     core::machine_service& machines, storage::store& store,
-                     const core::clock& clk, obs::logger& log, obs::registry& metrics)
+                     core::machine_service& machines, storage::store& store, const core::clock& clk,
+                     obs::logger& log, obs::registry& metrics)
     : ioc_(ioc),
       opts_(opts),
       sessions_(sessions),
@@ -62,9 +62,10 @@ void scheduler::start() {
   if (!opts_.enabled) return;
   auto spawn = [&](std::size_t index, std::int64_t every_s,
                    std::function<asio::awaitable<std::int64_t>()> body) {
-    asio::co_spawn(ioc_, loop(index, std::chrono::seconds(std::max<std::int64_t>(every_s, 1)),
-                              std::move(body)),
-                   asio::detached);
+    asio::co_spawn(
+        ioc_,
+        loop(index, std::chrono::seconds(std::max<std::int64_t>(every_s, 1)), std::move(body)),
+        asio::detached);
   };
   spawn(stall_job, opts_.sweep_interval_s, [this] { return run_stall_sweep(); });
   spawn(offline_job, opts_.sweep_interval_s, [this] { return run_offline_sweep(); });
@@ -79,7 +80,8 @@ void scheduler::stop() {
 std::vector<job_status> scheduler::status() const {
   std::lock_guard lk(mu_);
   std::vector<job_status> out;
-  for (const auto& j : jobs_) out.push_back(j.st);
+  for (const auto& j : jobs_)
+    out.push_back(j.st);
   return out;
 }
 
@@ -117,7 +119,8 @@ asio::awaitable<void> scheduler::loop(std::size_t index, std::chrono::seconds ev
     } catch (const std::exception& e) {
       error = e.what();
     }
-    double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     record(index, ms, changed, error);
     if (!error.empty()) {
       obs::fields f;

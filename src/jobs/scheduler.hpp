@@ -4,8 +4,6 @@
 // may run them at once. Status of every job is kept for /health/detailed and /metrics.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
-#include <boost/asio/io_context.hpp>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -13,6 +11,9 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
 
 #include "core/types.hpp"
 
@@ -37,8 +38,8 @@ struct scheduler_options {
   bool enabled = true;
   std::int64_t sweep_interval_s = 5;
   std::int64_t machine_offline_after_s = 600;
-  std::int64_t retention_days = 30;     // 0 = keep completed/failed sessions forever
-  std::int64_t archive_after_days = 90; // only used when shorter than retention (or no retention)
+  std::int64_t retention_days = 30;      // 0 = keep completed/failed sessions forever
+  std::int64_t archive_after_days = 90;  // only used when shorter than retention (or no retention)
   std::int64_t retention_interval_s = 3600;
   std::int64_t event_retention_days = 7;
   std::int64_t event_retention_count = 1'000'000;

@@ -1,11 +1,10 @@
 // JSON line formatting, redaction and the buffered writer.
 #include "obs/logger.hpp"
 
-#include <unistd.h>
-
 #include <array>
 #include <cerrno>
 #include <chrono>
+#include <unistd.h>
 
 #include "core/clock.hpp"
 #include "core/types.hpp"
@@ -14,17 +13,22 @@ namespace statetrack::obs {
 
 std::string_view level_name(level l) {
   switch (l) {
-    case level::debug: return "DEBUG";
-    case level::info: return "INFO";
-    case level::warn: return "WARN";
-    case level::error: return "ERROR";
+    case level::debug:
+      return "DEBUG";
+    case level::info:
+      return "INFO";
+    case level::warn:
+      return "WARN";
+    case level::error:
+      return "ERROR";
   }
   return "INFO";
 }
 
 bool parse_level(std::string_view t, level& out) {
   std::string s(t);
-  for (char& c : s) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  for (char& c : s)
+    c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
   if (s == "debug" || s == "verbose" || s == "trace") {
     out = level::debug;
   } else if (s == "info" || s == "log") {
@@ -41,10 +45,11 @@ bool parse_level(std::string_view t, level& out) {
 
 bool is_sensitive_field(std::string_view name) {
   std::string s(name);
-  for (char& c : s) c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-  static constexpr std::array<std::string_view, 9> needles = {
-      "authorization", "api_key", "apikey", "x-api-key", "password", "secret", "token",
-      "cookie",        "body"};
+  for (char& c : s)
+    c = static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+  static constexpr std::array<std::string_view, 9> needles = {"authorization", "api_key",  "apikey",
+                                                              "x-api-key",     "password", "secret",
+                                                              "token",         "cookie",   "body"};
   for (auto n : needles) {
     if (s.find(n) != std::string::npos) return true;
   }

@@ -54,8 +54,8 @@ double histogram::quantile(double q) const {
 }
 
 std::vector<double> latency_bounds_seconds() {
-  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-          0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5, 5, 10};
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,    10};
 }
 
 counter& registry::add_counter(std::string name, std::string help, labels l) {
@@ -169,7 +169,9 @@ std::string registry::render_prometheus() const {
     out += first.help;
     out += "\n# TYPE ";
     out += name;
-    out += first.k == kind::counter ? " counter\n" : first.k == kind::gauge ? " gauge\n" : " histogram\n";
+    out += first.k == kind::counter ? " counter\n"
+           : first.k == kind::gauge ? " gauge\n"
+                                    : " histogram\n";
     for (const entry* e : list) {
       if (e->k == kind::counter) {
         out += name;

@@ -1,14 +1,13 @@
 // /proc, getrusage, mallinfo2 and sysinfo readings.
 #include "obs/process.hpp"
 
+#include <cstdio>
 #include <dirent.h>
 #include <malloc.h>
 #include <sys/resource.h>
 #include <sys/sysinfo.h>
-#include <unistd.h>
-
-#include <cstdio>
 #include <thread>
+#include <unistd.h>
 
 namespace statetrack::obs {
 
@@ -32,7 +31,8 @@ process_figures read_process() {
     p.cpu_system_ms = ru.ru_stime.tv_sec * 1000 + ru.ru_stime.tv_usec / 1000;
   }
   if (DIR* d = opendir("/proc/self/fd")) {
-    while (readdir(d) != nullptr) ++p.open_fds;
+    while (readdir(d) != nullptr)
+      ++p.open_fds;
     closedir(d);
     p.open_fds -= 3;  // ".", ".." and the directory handle itself
   }

@@ -19,11 +19,12 @@ request_stats::request_stats(registry& reg, const std::vector<route_info>& route
                                    {{"method", method}, {"route", pattern}});
     routes_.push_back(s);
   };
-  for (const auto& r : routes) add_series(r.method, r.pattern);
+  for (const auto& r : routes)
+    add_series(r.method, r.pattern);
   add_series("any", "unmatched");
-  all_latency_ = &reg.add_histogram("statetrack_http_all_request_duration_seconds",
-                                    "HTTP request latency over all routes",
-                                    latency_bounds_seconds());
+  all_latency_ =
+      &reg.add_histogram("statetrack_http_all_request_duration_seconds",
+                         "HTTP request latency over all routes", latency_bounds_seconds());
   errors_[0] = &reg.add_counter("statetrack_http_errors_total", "HTTP error responses by class",
                                 {{"class", "4xx"}});
   errors_[1] = &reg.add_counter("statetrack_http_errors_total", "HTTP error responses by class",

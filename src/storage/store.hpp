@@ -4,7 +4,6 @@
 // writer thread); services never see SQL.
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -12,6 +11,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include <boost/asio/awaitable.hpp>
 
 #include "core/model.hpp"
 
@@ -24,7 +25,8 @@ struct status_set {
   unsigned bits = 0;
   static status_set of(std::initializer_list<core::session_status> list) {
     status_set s;
-    for (auto st : list) s.bits |= 1U << static_cast<unsigned>(st);
+    for (auto st : list)
+      s.bits |= 1U << static_cast<unsigned>(st);
     return s;
   }
   bool empty() const { return bits == 0; }
@@ -32,12 +34,12 @@ struct status_set {
 };
 
 enum class session_order {
-  created_desc,         // GET /sessions
-  started_desc,         // active, by-project, by-machine
-  last_heartbeat_asc,   // stale, recoverable
-  completed_desc,       // failed
-  updated_desc,         // archived
-  sweep_asc,            // stall sweep
+  created_desc,        // GET /sessions
+  started_desc,        // active, by-project, by-machine
+  last_heartbeat_asc,  // stale, recoverable
+  completed_desc,      // failed
+  updated_desc,        // archived
+  sweep_asc,           // stall sweep
 };
 
 struct session_filter {

@@ -1,11 +1,12 @@
 // Fuzzes body parsing and validation against every request schema: no input may crash, and
 // anything accepted must hold only finite numbers and re-serialise as valid JSON.
-#include <boost/json/parse.hpp>
-#include <boost/json/serialize.hpp>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <string_view>
+
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
 
 #include "api/schemas.hpp"
 #include "api/validation.hpp"

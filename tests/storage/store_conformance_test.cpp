@@ -1,16 +1,15 @@
 // One conformance suite for every store backend: row primitives, filters and orders, the
 // outbox's gap-free sequence, group commit under concurrency, per-write rollback inside a
 // batch, and durability across reopen. Backends are added to the parameter list below.
-#include <gtest/gtest.h>
-
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/io_context.hpp>
-
 #include <atomic>
 #include <functional>
 #include <memory>
 #include <thread>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <gtest/gtest.h>
 
 #include "core/error.hpp"
 #include "storage/sqlite/sqlite_store.hpp"
@@ -169,7 +168,8 @@ TEST_P(StoreConformance, EventsGetGapFreeIncreasingSeqs) {
       return true;
     });
   }
-  for (std::size_t i = 0; i < seqs.size(); ++i) EXPECT_EQ(seqs[i], static_cast<std::int64_t>(i + 1));
+  for (std::size_t i = 0; i < seqs.size(); ++i)
+    EXPECT_EQ(seqs[i], static_cast<std::int64_t>(i + 1));
   std::vector<core::event> events;
   store_->read_now([&](read_view& v) { events = v.events_after(2, 10); });
   ASSERT_EQ(events.size(), 3U);
@@ -208,7 +208,8 @@ TEST_P(StoreConformance, ConcurrentWritesShareCommitsAndAllSurvive) {
       }
     });
   }
-  for (auto& th : pool) th.join();
+  for (auto& th : pool)
+    th.join();
   auto st = store_->stats();
   EXPECT_EQ(st.writes, static_cast<std::uint64_t>(threads * per_thread));
   EXPECT_LT(st.commits, st.writes) << "writes from concurrent callers should share commits";
@@ -240,7 +241,8 @@ TEST_P(StoreConformance, AFailingWriteDoesNotSinkItsBatch) {
       ++failed;
     }
   };
-  for (int i = 0; i < 60; ++i) boost::asio::co_spawn(ioc, task(i), boost::asio::detached);
+  for (int i = 0; i < 60; ++i)
+    boost::asio::co_spawn(ioc, task(i), boost::asio::detached);
   ioc.run();
   EXPECT_EQ(ok.load(), 40);
   EXPECT_EQ(failed.load(), 20);
@@ -280,9 +282,13 @@ TEST_P(StoreConformance, ApiKeysByPrefixAndRevocation) {
   EXPECT_FALSE(again);
 }
 
-TEST_P(StoreConformance, PingAnswers) { EXPECT_TRUE(store_->ping().has_value()); }
+TEST_P(StoreConformance, PingAnswers) {
+  EXPECT_TRUE(store_->ping().has_value());
+}
 
-void PrintTo(const backend& b, std::ostream* os) { *os << b.name; }
+void PrintTo(const backend& b, std::ostream* os) {
+  *os << b.name;
+}
 
 INSTANTIATE_TEST_SUITE_P(Backends, StoreConformance, ::testing::ValuesIn(backends()),
                          [](const auto& info) { return info.param.name; });

@@ -1,10 +1,11 @@
 // Test helper: runs an awaitable to completion on a private io_context.
 #pragma once
 
+#include <utility>
+
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
-#include <utility>
 
 namespace statetrack::testing {
 

@@ -14,16 +14,21 @@ void throw_sqlite(int rc, std::string_view context, sqlite3* db) {
   msg += ": ";
   msg += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
   switch (rc & 0xFF) {
-    case SQLITE_FULL: throw storage_error(storage_error::kind::full, msg);
+    case SQLITE_FULL:
+      throw storage_error(storage_error::kind::full, msg);
     case SQLITE_BUSY:
-    case SQLITE_LOCKED: throw storage_error(storage_error::kind::busy, msg);
+    case SQLITE_LOCKED:
+      throw storage_error(storage_error::kind::busy, msg);
     case SQLITE_CORRUPT:
-    case SQLITE_NOTADB: throw storage_error(storage_error::kind::corrupt, msg);
+    case SQLITE_NOTADB:
+      throw storage_error(storage_error::kind::corrupt, msg);
     case SQLITE_IOERR:
     case SQLITE_CANTOPEN:
     case SQLITE_READONLY:
-    case SQLITE_PERM: throw storage_error(storage_error::kind::unavailable, msg);
-    default: throw storage_error(storage_error::kind::other, msg);
+    case SQLITE_PERM:
+      throw storage_error(storage_error::kind::unavailable, msg);
+    default:
+      throw storage_error(storage_error::kind::other, msg);
   }
 }
 
@@ -77,15 +82,23 @@ std::int64_t statement::exec() {
   return sqlite3_changes64(db_);
 }
 
-std::int64_t statement::col_int(int i) const { return sqlite3_column_int64(stmt_, i); }
-double statement::col_double(int i) const { return sqlite3_column_double(stmt_, i); }
-std::string statement::col_text(int i) const { return std::string(col_view(i)); }
+std::int64_t statement::col_int(int i) const {
+  return sqlite3_column_int64(stmt_, i);
+}
+double statement::col_double(int i) const {
+  return sqlite3_column_double(stmt_, i);
+}
+std::string statement::col_text(int i) const {
+  return std::string(col_view(i));
+}
 std::string_view statement::col_view(int i) const {
   const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(stmt_, i));
   if (p == nullptr) return {};
   return {p, static_cast<std::size_t>(sqlite3_column_bytes(stmt_, i))};
 }
-bool statement::col_null(int i) const { return sqlite3_column_type(stmt_, i) == SQLITE_NULL; }
+bool statement::col_null(int i) const {
+  return sqlite3_column_type(stmt_, i) == SQLITE_NULL;
+}
 std::optional<std::string> statement::col_opt_text(int i) const {
   if (col_null(i)) return std::nullopt;
   return col_text(i);
@@ -120,7 +133,8 @@ connection::connection(const std::string& path, const open_options& opts) {
 }
 
 connection::~connection() {
-  for (auto& [sql, stmt] : cache_) sqlite3_finalize(stmt);
+  for (auto& [sql, stmt] : cache_)
+    sqlite3_finalize(stmt);
   sqlite3_close_v2(db_);
 }
 
@@ -147,8 +161,12 @@ statement connection::prepare(const std::string& sql) {
   return statement(it->second, db_);
 }
 
-std::int64_t connection::last_insert_rowid() const { return sqlite3_last_insert_rowid(db_); }
+std::int64_t connection::last_insert_rowid() const {
+  return sqlite3_last_insert_rowid(db_);
+}
 
-bool connection::in_transaction() const { return sqlite3_get_autocommit(db_) == 0; }
+bool connection::in_transaction() const {
+  return sqlite3_get_autocommit(db_) == 0;
+}
 
 }  // namespace statetrack::storage::sqlite

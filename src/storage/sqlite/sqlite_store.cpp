@@ -1,7 +1,9 @@
 // Row mapping, the group-commit writer thread and the read connection pool.
 #include "storage/sqlite/sqlite_store.hpp"
 
-#include <sqlite3.h>
+#include <chrono>
+#include <filesystem>
+#include <variant>
 
 #include <boost/asio/any_completion_handler.hpp>
 #include <boost/asio/append.hpp>
@@ -11,9 +13,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
-#include <chrono>
-#include <filesystem>
-#include <variant>
+#include <sqlite3.h>
 
 #include "core/error.hpp"
 #include "obs/metrics.hpp"
@@ -130,13 +130,15 @@ constexpr const char* machine_cols =
 
 std::string slots_to_json(const std::vector<std::int64_t>& v) {
   boost::json::array a;
-  for (auto n : v) a.emplace_back(n);
+  for (auto n : v)
+    a.emplace_back(n);
   return boost::json::serialize(a);
 }
 
 std::string ids_to_json(const std::vector<std::string>& v) {
   boost::json::array a;
-  for (const auto& s : v) a.emplace_back(s);
+  for (const auto& s : v)
+    a.emplace_back(s);
   return boost::json::serialize(a);
 }
 
@@ -182,9 +184,12 @@ void bind_machine(statement& st, const machine& m, int first) {
 
 std::string_view role_name(core::key_role r) {
   switch (r) {
-    case core::key_role::admin: return "admin";
-    case core::key_role::write: return "write";
-    case core::key_role::read: return "read";
+    case core::key_role::admin:
+      return "admin";
+    case core::key_role::write:
+      return "write";
+    case core::key_role::read:
+      return "read";
   }
   return "read";
 }
@@ -253,7 +258,8 @@ void add_status_set(where_builder& w, status_set set) {
     cond += '\'';
   }
   cond += ')';
-  if (set.bits == (1U << static_cast<unsigned>(core::session_status::active))) cond = "status = 'active'";
+  if (set.bits == (1U << static_cast<unsigned>(core::session_status::active)))
+    cond = "status = 'active'";
   w.add(cond);
 }
 
@@ -273,12 +279,18 @@ where_builder session_where(const session_filter& f) {
 
 std::string_view order_clause(session_order o) {
   switch (o) {
-    case session_order::created_desc: return " ORDER BY created_at DESC, id DESC";
-    case session_order::started_desc: return " ORDER BY started_at DESC, id DESC";
-    case session_order::last_heartbeat_asc: return " ORDER BY last_heartbeat ASC, id ASC";
-    case session_order::completed_desc: return " ORDER BY completed_at DESC, id DESC";
-    case session_order::updated_desc: return " ORDER BY updated_at DESC, id DESC";
-    case session_order::sweep_asc: return " ORDER BY sweep_at ASC, id ASC";
+    case session_order::created_desc:
+      return " ORDER BY created_at DESC, id DESC";
+    case session_order::started_desc:
+      return " ORDER BY started_at DESC, id DESC";
+    case session_order::last_heartbeat_asc:
+      return " ORDER BY last_heartbeat ASC, id ASC";
+    case session_order::completed_desc:
+      return " ORDER BY completed_at DESC, id DESC";
+    case session_order::updated_desc:
+      return " ORDER BY updated_at DESC, id DESC";
+    case session_order::sweep_asc:
+      return " ORDER BY sweep_at ASC, id ASC";
   }
   return "";
 }
@@ -341,7 +353,8 @@ class ops final : public write_txn {
     w.bind(st);
     std::vector<session> out;
     if (f.limit > 0) out.reserve(static_cast<std::size_t>(std::min<std::int64_t>(f.limit, 256)));
-    while (st.step()) out.push_back(read_session(st));
+    while (st.step())
+      out.push_back(read_session(st));
     return out;
   }
 
@@ -381,7 +394,8 @@ class ops final : public write_txn {
     auto st = c_.prepare(sql);
     w.bind(st);
     std::vector<task> out;
-    while (st.step()) out.push_back(read_task(st));
+    while (st.step())
+      out.push_back(read_task(st));
     return out;
   }
 
@@ -411,7 +425,8 @@ class ops final : public write_txn {
                          " ORDER BY id ASC");
     w.bind(st);
     std::vector<machine> out;
-    while (st.step()) out.push_back(read_machine(st));
+    while (st.step())
+      out.push_back(read_machine(st));
     return out;
   }
 
@@ -426,7 +441,8 @@ class ops final : public write_txn {
   std::vector<core::api_key> list_api_keys() override {
     auto st = c_.prepare(std::string("SELECT ") + key_cols + " FROM api_keys ORDER BY id");
     std::vector<core::api_key> out;
-    while (st.step()) out.push_back(read_key(st));
+    while (st.step())
+      out.push_back(read_key(st));
     return out;
   }
 
@@ -529,8 +545,8 @@ class ops final : public write_txn {
   }
 
   bool insert_machine(const machine& m) override {
-    static const std::string sql = std::string("INSERT OR IGNORE INTO machines (") +
-                                   machine_cols + ") VALUES (?,?,?,?,?,?,?,?,?,?)";
+    static const std::string sql = std::string("INSERT OR IGNORE INTO machines (") + machine_cols +
+                                   ") VALUES (?,?,?,?,?,?,?,?,?,?)";
     auto st = c_.prepare(sql);
     bind_machine(st, m, 1);
     return st.exec() > 0;
@@ -595,8 +611,7 @@ class ops final : public write_txn {
   }
 
   bool revoke_api_key(std::int64_t id, core::timestamp at) override {
-    auto st =
-        c_.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL");
+    auto st = c_.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL");
     st.bind(1, at.ms).bind(2, id);
     return st.exec() > 0;
   }
@@ -621,8 +636,9 @@ void apply_pragmas(connection& c, bool writer, bool synchronous_full) {
     c.exec(synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
   }
   // Checkpoints are driven by the writer's WAL hook (sqlite_store::wal_hook).
-  c.exec("PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32768; "
-         "PRAGMA mmap_size=268435456; PRAGMA wal_autocheckpoint=0");
+  c.exec(
+      "PRAGMA foreign_keys=OFF; PRAGMA temp_store=MEMORY; PRAGMA cache_size=-32768; "
+      "PRAGMA mmap_size=268435456; PRAGMA wal_autocheckpoint=0");
 }
 
 std::vector<int> apply_migrations(connection& c) {
@@ -638,10 +654,10 @@ std::vector<int> apply_migrations(connection& c) {
   }
   const auto& all = migrations();
   if (!all.empty() && current > all.back().version) {
-    throw storage_error(storage_error::kind::other,
-                        "database schema version " + std::to_string(current) +
-                            " is newer than this binary supports (" +
-                            std::to_string(all.back().version) + ")");
+    throw storage_error(storage_error::kind::other, "database schema version " +
+                                                        std::to_string(current) +
+                                                        " is newer than this binary supports (" +
+                                                        std::to_string(all.back().version) + ")");
   }
   for (const auto& m : all) {
     if (m.version <= current) continue;
@@ -722,7 +738,9 @@ sqlite_store::sqlite_store(store_options opts, obs::registry* metrics) : opts_(s
   writer_ = std::thread([this] { writer_loop(); });
 }
 
-sqlite_store::~sqlite_store() { close(); }
+sqlite_store::~sqlite_store() {
+  close();
+}
 
 void sqlite_store::close() {
   {
@@ -910,7 +928,8 @@ void sqlite_store::writer_loop() {
     if (!async_jobs.empty()) {
       auto ex = async_jobs.front()->executor;
       asio::post(ex, [jobs = std::move(async_jobs)] {
-        for (job* j : jobs) complete(j);
+        for (job* j : jobs)
+          complete(j);
       });
     }
     batch.clear();
@@ -927,7 +946,8 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
     c.run("BEGIN IMMEDIATE");
   } catch (...) {
     auto ep = std::current_exception();
-    for (job* j : batch) j->error = ep;
+    for (job* j : batch)
+      j->error = ep;
     failed_commits_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -996,7 +1016,8 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
   }
   if (tx.appended_) {
     std::lock_guard lk(cb_mu_);
-    for (auto& cb : event_callbacks_) cb(tx.last_seq_);
+    for (auto& cb : event_callbacks_)
+      cb(tx.last_seq_);
   }
 }
 
@@ -1004,8 +1025,7 @@ std::optional<double> sqlite_store::ping() {
   try {
     auto t0 = std::chrono::steady_clock::now();
     read_now([](read_view& v) { v.last_event_seq(); });
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
-        .count();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   } catch (const storage_error&) {
     return std::nullopt;
   }

@@ -2,16 +2,16 @@
 // complete: a route added without doc info, or naming a schema nobody defined, fails here.
 #include "api/openapi.hpp"
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <algorithm>
 #include <cctype>
-#include <boost/json/serialize.hpp>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
+
+#include <boost/json/serialize.hpp>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include "api/routes.hpp"
 #include "api/schemas.hpp"
@@ -40,8 +40,10 @@ const json::value* resolve_pointer(const json::value& root, std::string_view ref
     auto end = ref.find('/');
     std::string token(ref.substr(0, end));
     ref = end == std::string_view::npos ? std::string_view{} : ref.substr(end);
-    for (std::size_t i; (i = token.find("~1")) != std::string::npos;) token.replace(i, 2, "/");
-    for (std::size_t i; (i = token.find("~0")) != std::string::npos;) token.replace(i, 2, "~");
+    for (std::size_t i; (i = token.find("~1")) != std::string::npos;)
+      token.replace(i, 2, "/");
+    for (std::size_t i; (i = token.find("~0")) != std::string::npos;)
+      token.replace(i, 2, "~");
     if (!cur->is_object()) return nullptr;
     cur = cur->as_object().if_contains(token);
     if (cur == nullptr) return nullptr;
@@ -59,7 +61,8 @@ void collect_refs(const json::value& v, std::vector<std::string>& out) {
       }
     }
   } else if (v.is_array()) {
-    for (const auto& e : v.as_array()) collect_refs(e, out);
+    for (const auto& e : v.as_array())
+      collect_refs(e, out);
   }
 }
 
@@ -83,7 +86,8 @@ std::vector<std::string> problems_of(const http::router& router, const json::obj
   for (const auto& rp : router.routes()) {
     const http::route& r = *rp;
     const std::string where = std::string(http::method_name(r.verb)) + " " + r.pattern;
-    if (!names.insert(r.name).second) problems.push_back(where + ": duplicate route name " + r.name);
+    if (!names.insert(r.name).second)
+      problems.push_back(where + ": duplicate route name " + r.name);
     if (is_docs_route(r)) continue;
     ++documented_routes;
     if (r.doc.summary.empty()) problems.push_back(where + ": route_doc has no summary");
@@ -102,8 +106,9 @@ std::vector<std::string> problems_of(const http::router& router, const json::obj
     }
 
     auto* item = paths->as_object().if_contains(openapi_path(r.pattern));
-    const json::value* opv =
-        item != nullptr && item->is_object() ? item->as_object().if_contains(verb_key(r.verb)) : nullptr;
+    const json::value* opv = item != nullptr && item->is_object()
+                                 ? item->as_object().if_contains(verb_key(r.verb))
+                                 : nullptr;
     if (opv == nullptr || !opv->is_object()) {
       problems.push_back(where + ": no operation in the document");
       continue;
@@ -125,7 +130,8 @@ std::vector<std::string> problems_of(const http::router& router, const json::obj
       std::set<std::string> schemes;
       if (auto* sec = op.if_contains("security"); sec != nullptr && sec->is_array()) {
         for (const auto& alt : sec->as_array()) {
-          for (const auto& kv : alt.as_object()) schemes.emplace(kv.key());
+          for (const auto& kv : alt.as_object())
+            schemes.emplace(kv.key());
         }
       }
       if (schemes != std::set<std::string>{"bearer", "api-key"}) {
@@ -204,7 +210,8 @@ TEST_F(OpenApiTest, DocumentMatchesTheRouteTable) {
   EXPECT_EQ(d.at("openapi"), "3.0.3");
   EXPECT_EQ(d.at("info").at("title"), "statetrack API");
   EXPECT_EQ(d.at("info").at("version"), "9.8.7");
-  EXPECT_NE(std::string(d.at("info").at("description").as_string()).find("/api"), std::string::npos);
+  EXPECT_NE(std::string(d.at("info").at("description").as_string()).find("/api"),
+            std::string::npos);
   EXPECT_GE(d.at("paths").as_object().size(), 20U);
 }
 
@@ -229,16 +236,38 @@ TEST_F(OpenApiTest, DefinesEveryResponseSchemaTheApiUses) {
   auto d = doc();
   const auto& schemas = d.at("components").at("schemas").as_object();
   // Session and health routes today, task and machine routes as they land (contract §3, §4).
-  for (const char* name :
-       {"Session", "LivenessItem", "RecoverableItem", "CleanupResult", "ProjectSummary",
-        "HeartbeatResult", "SessionHealth", "FailureInfo", "PurgeResult", "RecoveryCheckpoint",
-        "RecoveryHistory", "Health", "HealthReady", "HealthLive", "HealthDetailed", "HealthSystem",
-        "PrometheusText", "Task", "TaskProgress", "Machine", "MachineAvailability",
-        "MachineHeartbeatResult", "ErrorEnvelope", "SessionStatus", "TaskStatus", "MachineStatus"}) {
+  for (const char* name : {"Session",
+                           "LivenessItem",
+                           "RecoverableItem",
+                           "CleanupResult",
+                           "ProjectSummary",
+                           "HeartbeatResult",
+                           "SessionHealth",
+                           "FailureInfo",
+                           "PurgeResult",
+                           "RecoveryCheckpoint",
+                           "RecoveryHistory",
+                           "Health",
+                           "HealthReady",
+                           "HealthLive",
+                           "HealthDetailed",
+                           "HealthSystem",
+                           "PrometheusText",
+                           "Task",
+                           "TaskProgress",
+                           "Machine",
+                           "MachineAvailability",
+                           "MachineHeartbeatResult",
+                           "ErrorEnvelope",
+                           "SessionStatus",
+                           "TaskStatus",
+                           "MachineStatus"}) {
     EXPECT_TRUE(schemas.contains(name)) << name;
   }
-  for (const auto* s : schemas::all()) EXPECT_TRUE(schemas.contains(s->name)) << s->name;
-  for (const auto& name : response_component_names()) EXPECT_TRUE(schemas.contains(name)) << name;
+  for (const auto* s : schemas::all())
+    EXPECT_TRUE(schemas.contains(s->name)) << s->name;
+  for (const auto& name : response_component_names())
+    EXPECT_TRUE(schemas.contains(name)) << name;
   // Every response component is well-formed enough to carry a type or a reference.
   for (const auto& kv : schemas) {
     const auto& o = kv.value().as_object();
@@ -277,7 +306,12 @@ TEST_F(OpenApiTest, SecuritySchemesAndErrorResponses) {
   for (const char* code : {"200", "400", "401", "404", "429"}) {
     ASSERT_TRUE(get_session.at("responses").as_object().contains(code)) << code;
   }
-  EXPECT_EQ(get_session.at("responses").at("404").at("content").at("application/json").at("schema").at("$ref"),
+  EXPECT_EQ(get_session.at("responses")
+                .at("404")
+                .at("content")
+                .at("application/json")
+                .at("schema")
+                .at("$ref"),
             "#/components/schemas/ErrorEnvelope");
   const auto& health = op(d, "/health", "get");
   EXPECT_FALSE(health.contains("security"));
@@ -291,8 +325,9 @@ TEST_F(OpenApiTest, BodiesQueriesAndResponses) {
   EXPECT_EQ(create.at("requestBody").at("content").at("application/json").at("schema").at("$ref"),
             "#/components/schemas/CreateSessionRequest");
   EXPECT_EQ(create.at("requestBody").at("required"), true);
-  EXPECT_EQ(create.at("responses").at("201").at("content").at("application/json").at("schema").at("$ref"),
-            "#/components/schemas/Session");
+  EXPECT_EQ(
+      create.at("responses").at("201").at("content").at("application/json").at("schema").at("$ref"),
+      "#/components/schemas/Session");
 
   const auto& list = op(d, "/sessions", "get");
   std::map<std::string, json::object> params;
@@ -304,7 +339,8 @@ TEST_F(OpenApiTest, BodiesQueriesAndResponses) {
     EXPECT_EQ(params[std::string(f.name)].at("in"), "query");
   }
   EXPECT_EQ(params["limit"].at("schema").at("maximum"), 100.0);
-  const auto& list_schema = list.at("responses").at("200").at("content").at("application/json").at("schema");
+  const auto& list_schema =
+      list.at("responses").at("200").at("content").at("application/json").at("schema");
   EXPECT_EQ(list_schema.at("type"), "array");
   EXPECT_EQ(list_schema.at("items").at("$ref"), "#/components/schemas/Session");
 
@@ -326,7 +362,8 @@ TEST_F(OpenApiTest, BodiesQueriesAndResponses) {
 TEST_F(OpenApiTest, InformalQueryParametersBelongToRealRoutes) {
   for (auto name : informal_query_routes()) {
     bool found = false;
-    for (const auto& r : router_.routes()) found = found || r->name == name;
+    for (const auto& r : router_.routes())
+      found = found || r->name == name;
     EXPECT_TRUE(found) << name << " is documented but not registered";
   }
   auto d = doc();
@@ -351,7 +388,8 @@ TEST(OpenApiChecks, CatchARouteWithoutDocInfo) {
   bare.name = "get_widget";
   r.add(std::move(bare));
   auto problems = problems_of(r, build_openapi(r, "x"));
-  EXPECT_THAT(problems, ::testing::Contains(::testing::HasSubstr("route_doc names no response schema")));
+  EXPECT_THAT(problems,
+              ::testing::Contains(::testing::HasSubstr("route_doc names no response schema")));
   EXPECT_THAT(problems, ::testing::Contains(::testing::HasSubstr("route_doc has no summary")));
 }
 
@@ -367,7 +405,8 @@ TEST(OpenApiChecks, CatchAMissingComponent) {
   r.add(std::move(rt));
   auto problems = problems_of(r, build_openapi(r, "x"));
   EXPECT_THAT(problems, ::testing::Contains("dangling $ref #/components/schemas/Widget"));
-  EXPECT_THAT(problems, ::testing::Contains("dangling $ref #/components/schemas/CreateWidgetRequest"));
+  EXPECT_THAT(problems,
+              ::testing::Contains("dangling $ref #/components/schemas/CreateWidgetRequest"));
 }
 
 TEST(OpenApiChecks, CatchAnOperationWithoutRoute) {
@@ -375,7 +414,8 @@ TEST(OpenApiChecks, CatchAnOperationWithoutRoute) {
   register_all(r);
   auto d = build_openapi(r, "x");
   d["paths"].as_object()["/ghost"] = json::object{{"get", json::object{{"operationId", "ghost"}}}};
-  EXPECT_THAT(problems_of(r, d), ::testing::Contains(::testing::HasSubstr("operation matches no route")));
+  EXPECT_THAT(problems_of(r, d),
+              ::testing::Contains(::testing::HasSubstr("operation matches no route")));
 }
 
 }  // namespace

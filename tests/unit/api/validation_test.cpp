@@ -1,9 +1,9 @@
 #include "api/validation.hpp"
 
-#include <gtest/gtest.h>
+#include <cmath>
 
 #include <boost/json/parse.hpp>
-#include <cmath>
+#include <gtest/gtest.h>
 
 #include "api/schemas.hpp"
 
@@ -20,8 +20,9 @@ std::vector<std::string> errors_of(const schema& s, std::string_view body) {
 }
 
 TEST(Validation, AcceptsAValidBody) {
-  auto r = validate_body(schemas::create_session,
-                         json::parse(R"({"project_id":"p","machine_id":"m","docker_slot":1.5,"metadata":{"a":{}}})"));
+  auto r = validate_body(
+      schemas::create_session,
+      json::parse(R"({"project_id":"p","machine_id":"m","docker_slot":1.5,"metadata":{"a":{}}})"));
   ASSERT_TRUE(r);
   EXPECT_EQ(get_string(*r, "project_id"), "p");
   EXPECT_EQ(get_number(*r, "docker_slot"), 1.5);
@@ -36,10 +37,13 @@ TEST(Validation, UnknownPropertiesComeFirst) {
 }
 
 TEST(Validation, TypeMessagesUseTheContractWording) {
-  EXPECT_EQ(errors_of(schemas::create_session, R"({"project_id":"p","machine_id":"m","docker_slot":"1"})"),
-            std::vector<std::string>{"docker_slot must be a number conforming to the specified constraints"});
-  EXPECT_EQ(errors_of(schemas::create_session, R"({"project_id":"p","machine_id":"m","metadata":[]})"),
-            std::vector<std::string>{"metadata must be an object"});
+  EXPECT_EQ(errors_of(schemas::create_session,
+                      R"({"project_id":"p","machine_id":"m","docker_slot":"1"})"),
+            std::vector<std::string>{
+                "docker_slot must be a number conforming to the specified constraints"});
+  EXPECT_EQ(
+      errors_of(schemas::create_session, R"({"project_id":"p","machine_id":"m","metadata":[]})"),
+      std::vector<std::string>{"metadata must be an object"});
   EXPECT_EQ(errors_of(schemas::purge_session, R"({"confirm":"true"})"),
             std::vector<std::string>{"confirm must be a boolean value"});
   EXPECT_EQ(errors_of(schemas::update_session, R"({"status":"running"})"),
@@ -51,13 +55,15 @@ TEST(Validation, TypeMessagesUseTheContractWording) {
 }
 
 TEST(Validation, NullSkipsOptionalFieldsButNotRequiredOnes) {
-  EXPECT_TRUE(errors_of(schemas::update_session, R"({"docker_slot":null,"metadata":null})").empty());
+  EXPECT_TRUE(
+      errors_of(schemas::update_session, R"({"docker_slot":null,"metadata":null})").empty());
   auto e = errors_of(schemas::mark_failed, R"({"reason":null})");
   EXPECT_EQ(e, std::vector<std::string>{"reason must be a string"});
 }
 
 TEST(Validation, RangesAndCustomMessages) {
-  auto e = errors_of(schemas::cleanup_sessions, R"({"older_than_days":3,"statuses":["completed"]})");
+  auto e =
+      errors_of(schemas::cleanup_sessions, R"({"older_than_days":3,"statuses":["completed"]})");
   EXPECT_EQ(e, std::vector<std::string>{"older_than_days must be at least 7"});
   e = errors_of(schemas::cleanup_sessions, R"({"older_than_days":30,"statuses":["done"]})");
   ASSERT_EQ(e.size(), 1U);
@@ -65,11 +71,13 @@ TEST(Validation, RangesAndCustomMessages) {
 }
 
 TEST(Validation, NumberArraysCoerceAndCheckEachElement) {
-  auto r = validate_body(schemas::register_machine,
-                         json::parse(R"({"machine_id":"m","hostname":"h","docker_slots":["2",3]})"));
+  auto r =
+      validate_body(schemas::register_machine,
+                    json::parse(R"({"machine_id":"m","hostname":"h","docker_slots":["2",3]})"));
   ASSERT_TRUE(r);
   EXPECT_EQ(r->at("docker_slots").as_array()[0].as_double(), 2.0);
-  auto e = errors_of(schemas::register_machine, R"({"machine_id":"m","hostname":"h","docker_slots":[0,2,2]})");
+  auto e = errors_of(schemas::register_machine,
+                     R"({"machine_id":"m","hostname":"h","docker_slots":[0,2,2]})");
   EXPECT_EQ(e, (std::vector<std::string>{"each value in docker_slots must not be less than 1",
                                          "All docker_slots's elements must be unique"}));
 }
@@ -91,7 +99,8 @@ TEST(Validation, QueryNumbersUseJavaScriptNumber) {
   auto unknown = validate_query(schemas::list_sessions, params{{"bogus", "1"}});
   ASSERT_FALSE(unknown);
   EXPECT_EQ(unknown.error().field_messages.at(0), "property bogus should not exist");
-  auto repeated = validate_query(schemas::list_sessions, params{{"status", "active"}, {"status", "failed"}});
+  auto repeated =
+      validate_query(schemas::list_sessions, params{{"status", "active"}, {"status", "failed"}});
   ASSERT_FALSE(repeated);
 }
 
@@ -133,7 +142,8 @@ TEST(Body, FormsArriveAsStrings) {
 TEST(Schema, JsonSchemaListsRequiredFieldsAndEnums) {
   auto js = to_json_schema(schemas::update_task);
   EXPECT_EQ(js.at("type").as_string(), "object");
-  EXPECT_EQ(js.at("properties").as_object().at("status").as_object().at("enum").as_array().size(), 5U);
+  EXPECT_EQ(js.at("properties").as_object().at("status").as_object().at("enum").as_array().size(),
+            5U);
   auto create = to_json_schema(schemas::create_task);
   EXPECT_EQ(create.at("required").as_array().size(), 3U);
 }

@@ -2,9 +2,8 @@
 // pair of the contract's state table, the stall sweep and its deadline boundary.
 #include "core/session_service.hpp"
 
-#include <gtest/gtest.h>
-
 #include <boost/json/parse.hpp>
+#include <gtest/gtest.h>
 
 #include "core/metadata.hpp"
 #include "storage/sqlite/sqlite_store.hpp"
@@ -19,8 +18,7 @@ constexpr timestamp t0{1'768'910'400'000};
 
 class SessionServiceTest : public ::testing::Test {
  protected:
-  SessionServiceTest()
-      : store_({dir_.file("st.db")}), clock_(t0), svc_(store_, clock_) {}
+  SessionServiceTest() : store_({dir_.file("st.db")}), clock_(t0), svc_(store_, clock_) {}
 
   session create(int timeout_s = 300) {
     create_session_input in;
@@ -126,7 +124,9 @@ TEST_F(SessionServiceTest, MarkFailedTable) {
 
 TEST_F(SessionServiceTest, MarkFailedTwiceKeepsTheFirstCompletionTimeAndOldDetails) {
   auto s = create();
-  auto first = run_sync(svc_.mark_failed(s.session_id, "a", boost::json::object{{"error_code", "E1"}})).value();
+  auto first =
+      run_sync(svc_.mark_failed(s.session_id, "a", boost::json::object{{"error_code", "E1"}}))
+          .value();
   clock_.advance_ms(5000);
   auto second = run_sync(svc_.mark_failed(s.session_id, "b", std::nullopt)).value();
   EXPECT_EQ(second.completed_at, first.completed_at);
@@ -141,7 +141,8 @@ TEST_F(SessionServiceTest, MarkStalledTable) {
     auto r = run_sync(svc_.mark_stalled(s.session_id, "quiet"));
     if (st == session_status::completed || st == session_status::failed) {
       ASSERT_FALSE(r);
-      EXPECT_EQ(r.error().message, "Cannot mark " + std::string(to_string(st)) + " session as stalled");
+      EXPECT_EQ(r.error().message,
+                "Cannot mark " + std::string(to_string(st)) + " session as stalled");
       continue;
     }
     ASSERT_TRUE(r);

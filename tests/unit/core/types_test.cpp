@@ -1,9 +1,9 @@
 #include "core/types.hpp"
 
-#include <gtest/gtest.h>
-
 #include <regex>
 #include <set>
+
+#include <gtest/gtest.h>
 
 namespace statetrack::core {
 namespace {

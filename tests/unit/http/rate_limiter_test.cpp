@@ -31,7 +31,8 @@ TEST(RateLimiter, TheRequestAfterTheLimitIsRefusedAndBlocksForAWindow) {
 
 TEST(RateLimiter, BucketsArePerRouteAndPerClient) {
   rate_limiter rl(minute);
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(rl.check(0, "a", 3, 1000 + i).allowed);
+  for (int i = 0; i < 3; ++i)
+    ASSERT_TRUE(rl.check(0, "a", 3, 1000 + i).allowed);
   EXPECT_FALSE(rl.check(0, "a", 3, 1010).allowed);
   EXPECT_TRUE(rl.check(1, "a", 3, 1010).allowed);  // another endpoint
   EXPECT_TRUE(rl.check(0, "b", 3, 1010).allowed);  // another client
@@ -40,7 +41,8 @@ TEST(RateLimiter, BucketsArePerRouteAndPerClient) {
 TEST(RateLimiter, HitsExpireOneWindowLater) {
   rate_limiter rl(minute);
   const std::int64_t t = 10 * minute;
-  for (int i = 0; i < 5; ++i) ASSERT_TRUE(rl.check(0, "a", 5, t).allowed);
+  for (int i = 0; i < 5; ++i)
+    ASSERT_TRUE(rl.check(0, "a", 5, t).allowed);
   // 61 s later the first hits have left the window: room again, without a block.
   auto d = rl.check(0, "a", 5, t + minute + 1000);
   EXPECT_TRUE(d.allowed);
@@ -56,13 +58,15 @@ TEST(RateLimiter, ResetCountsDownToTheEndOfTheWindow) {
 
 TEST(RateLimiter, ZeroLimitDisablesLimiting) {
   rate_limiter rl(minute);
-  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(rl.check(0, "a", 0, i).allowed);
+  for (int i = 0; i < 1000; ++i)
+    ASSERT_TRUE(rl.check(0, "a", 0, i).allowed);
   EXPECT_EQ(rl.bucket_count(), 0U);
 }
 
 TEST(RateLimiter, ShortWindowsWork) {
   rate_limiter rl(2000);
-  for (int i = 0; i < 2; ++i) ASSERT_TRUE(rl.check(0, "a", 2, 100).allowed);
+  for (int i = 0; i < 2; ++i)
+    ASSERT_TRUE(rl.check(0, "a", 2, 100).allowed);
   auto d = rl.check(0, "a", 2, 150);
   EXPECT_FALSE(d.allowed);
   EXPECT_EQ(d.retry_after_s, 2);

@@ -5,7 +5,9 @@
 namespace statetrack::http {
 namespace {
 
-boost::asio::awaitable<void> noop(api::context&) { co_return; }
+boost::asio::awaitable<void> noop(api::context&) {
+  co_return;
+}
 
 class RouterTest : public ::testing::Test {
  protected:

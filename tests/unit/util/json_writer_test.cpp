@@ -1,9 +1,9 @@
 #include "util/json_writer.hpp"
 
-#include <gtest/gtest.h>
+#include <limits>
 
 #include <boost/json/parse.hpp>
-#include <limits>
+#include <gtest/gtest.h>
 
 namespace statetrack::util {
 namespace {
