@@ -185,6 +185,7 @@ int serve(const config& cfg) {
   });
 
   std::vector<asio::executor_work_guard<asio::io_context::executor_type>> keep_running;
+  keep_running.reserve(contexts.size());
   for (auto& c : contexts)
     keep_running.emplace_back(c->get_executor());
   std::vector<std::thread> pool;

@@ -222,9 +222,8 @@ std::string new_object_id(timestamp now) {
   std::string out(24, '0');
   for (int i = 0; i < 8; ++i)
     out[static_cast<std::size_t>(i)] = hexd[(secs >> ((7 - i) * 4)) & 0xF];
-  for (int i = 0; i < 16; ++i) {
-    out[static_cast<std::size_t>(8 + i)] = hexd[(r >> ((15 - i) * 4)) & 0xF];
-  }
+  for (std::size_t i = 0; i < 16; ++i)
+    out[8 + i] = hexd[(r >> ((15 - i) * 4)) & 0xF];
   return out;
 }
 

@@ -219,17 +219,18 @@ asio::awaitable<void> server::accept_loop() {
       continue;
     }
     accepted_->inc();
-    asio::co_spawn(socket.get_executor(), serve(std::move(socket)),
-                   [this](const std::exception_ptr& ep) {
-                     if (!ep) return;
-                     try {
-                       std::rethrow_exception(ep);
-                     } catch (const std::exception& e) {
-                       obs::fields f;
-                       f.add("error", e.what());
-                       log_.error("HTTP", "connection ended by an exception", &f);
-                     }
-                   });
+    // The executor is taken before the socket is moved into the coroutine.
+    auto home_executor = socket.get_executor();
+    asio::co_spawn(home_executor, serve(std::move(socket)), [this](const std::exception_ptr& ep) {
+      if (!ep) return;
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        obs::fields f;
+        f.add("error", e.what());
+        log_.error("HTTP", "connection ended by an exception", &f);
+      }
+    });
   }
 }
 

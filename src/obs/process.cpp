@@ -2,6 +2,7 @@
 #include "obs/process.hpp"
 
 #include <cstdio>
+#include <cstdlib>
 #include <dirent.h>
 #include <malloc.h>
 #include <sys/resource.h>
@@ -14,8 +15,11 @@ namespace statetrack::obs {
 process_figures read_process() {
   process_figures p;
   if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
-    unsigned long size = 0, resident = 0;
-    if (std::fscanf(f, "%lu %lu", &size, &resident) == 2) {
+    char buf[128] = {};
+    if (std::fgets(buf, sizeof buf, f) != nullptr) {
+      char* end = nullptr;
+      const unsigned long long size = std::strtoull(buf, &end, 10);
+      const unsigned long long resident = std::strtoull(end, nullptr, 10);
       auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
       p.virtual_bytes = size * page;
       p.rss_bytes = resident * page;
