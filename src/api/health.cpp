@@ -7,6 +7,7 @@
 #include "api/routes.hpp"
 #include "api/services.hpp"
 #include "core/clock.hpp"
+#include "core/session_service.hpp"
 #include "jobs/scheduler.hpp"
 #include "obs/process.hpp"
 #include "obs/request_stats.hpp"
@@ -123,6 +124,9 @@ awaitable<void> get_health_detailed(context& ctx) {
   } else if (mem_check == "warning" || db_check == "warning" || rt_check == "warning") {
     status = "degraded";
   }
+  std::optional<core::mass_stall_incident> incident;
+  if (p) incident = co_await svc.sessions.open_incident();
+  if (incident && status == "ok") status = "degraded";
   std::vector<jobs::job_status> jobs;
   if (svc.jobs != nullptr) jobs = svc.jobs->status();
   bool jobs_failing = false;
@@ -173,6 +177,18 @@ awaitable<void> get_health_detailed(context& ctx) {
                             : jobs_failing                              ? "warning"
                                                                         : "ok");
   w.end_object();
+  w.key("incident");
+  if (incident) {
+    w.begin_object();
+    w.field("type", "mass_stall");
+    w.field_iso("since", incident->since.ms);
+    w.field("overdue_sessions", incident->overdue);
+    w.field("active_sessions", incident->active);
+    w.field("cleared_by_operator", incident->cleared_by_operator);
+    w.end_object();
+  } else {
+    w.null();
+  }
   w.key("jobs").begin_array();
   for (const auto& j : jobs) {
     w.begin_object();

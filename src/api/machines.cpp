@@ -151,8 +151,10 @@ awaitable<void> post_machine_assign_session(context& ctx) {
 awaitable<void> post_machine_release_session(context& ctx) {
   auto body = read_body(ctx, schemas::release_session);
   if (!body) co_return ctx.fail(body.error());
-  auto r = co_await ctx.svc.machines.release_session(std::string(ctx.param(0)),
-                                                     get_string(*body, "session_id").value_or(""));
+  std::optional<std::int64_t> epoch;
+  if (auto n = get_number(*body, "epoch")) epoch = static_cast<std::int64_t>(*n);
+  auto r = co_await ctx.svc.machines.release_session(
+      std::string(ctx.param(0)), get_string(*body, "session_id").value_or(""), epoch);
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::machine_json(*r));
 }

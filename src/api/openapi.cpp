@@ -51,7 +51,57 @@ constexpr std::string_view response_components_json = R"json({
     "heartbeat_timeout_s": {"type": "integer", "description": "Seconds without heartbeat after which the session is overdue (default 300)"},
     "deadline_at": {"type": "string", "format": "date-time", "description": "last_heartbeat + heartbeat_timeout_s"},
     "epoch": {"type": "integer", "description": "Ownership generation, bumped on recovery (fencing token)"},
+    "directive": {"type": "string", "enum": ["continue", "pause", "stop"], "description": "What the agent is told in heartbeat replies"},
+    "directive_reason": {"type": "string", "description": "Why the directive was set; absent when none"},
+    "input_timeout_s": {"type": "integer", "description": "awaiting_input escalation timeout; absent when unset"},
+    "awaiting_since": {"type": "string", "format": "date-time", "description": "When the session started waiting for a human (awaiting_input only)"},
+    "input_overdue_at": {"type": "string", "format": "date-time", "description": "When the awaiting_input escalation fired"},
     "__v": {"type": "integer", "description": "Storage artefact, always 0"}
+  }
+},
+"SessionEvents": {
+  "type": "object",
+  "description": "A page of one session's timeline, oldest first.",
+  "required": ["session_id", "events", "next_after"],
+  "properties": {
+    "session_id": {"type": "string"},
+    "events": {"type": "array", "items": {"$ref": "#/components/schemas/Event"}},
+    "next_after": {"type": "integer", "description": "Pass as `after` to get the next page (the last seq returned, or the given `after`)"}
+  }
+},
+"Event": {
+  "type": "object",
+  "description": "One outbox event: a state change, with the new state of the record.",
+  "required": ["seq", "type", "occurred_at", "data"],
+  "properties": {
+    "seq": {"type": "integer", "description": "Global, gap-free, increasing"},
+    "type": {"type": "string", "description": "session.created, session.stalled, task.completed, machine.offline, incident.mass_stall, ..."},
+    "occurred_at": {"type": "string", "format": "date-time"},
+    "project_id": {"type": "string"},
+    "session_id": {"type": "string"},
+    "task_id": {"type": "string"},
+    "machine_id": {"type": "string"},
+    "data": {"type": "object", "additionalProperties": true}
+  }
+},
+"IncidentList": {
+  "type": "object",
+  "description": "Open incidents of the service.",
+  "required": ["incidents"],
+  "properties": {
+    "incidents": {"type": "array", "items": {"$ref": "#/components/schemas/Incident"}}
+  }
+},
+"Incident": {
+  "type": "object",
+  "description": "The mass-stall brake's incident: too many sessions overdue at once, so none was stalled.",
+  "required": ["type", "since", "overdue_sessions", "active_sessions", "cleared_by_operator"],
+  "properties": {
+    "type": {"type": "string", "enum": ["mass_stall"]},
+    "since": {"type": "string", "format": "date-time"},
+    "overdue_sessions": {"type": "integer"},
+    "active_sessions": {"type": "integer"},
+    "cleared_by_operator": {"type": "boolean", "description": "The next sweep stalls the overdue sessions and closes the incident"}
   }
 },
 "LivenessItem": {
@@ -140,13 +190,19 @@ constexpr std::string_view response_components_json = R"json({
 "HeartbeatResult": {
   "type": "object",
   "description": "Outcome of a session heartbeat (contract §4.2.6).",
-  "required": ["session_id", "status", "last_heartbeat", "message", "deadline_at"],
+  "required": ["session_id", "status", "last_heartbeat", "message", "deadline_at", "directive",
+               "epoch", "heartbeat_interval_s", "next_heartbeat_due"],
   "properties": {
     "session_id": {"type": "string"},
     "status": {"$ref": "#/components/schemas/SessionStatus"},
     "last_heartbeat": {"type": "string", "format": "date-time"},
     "message": {"type": "string", "enum": ["Heartbeat updated successfully", "Heartbeat updated and session reactivated from stalled state"]},
-    "deadline_at": {"type": "string", "format": "date-time", "description": "When the session becomes overdue without another heartbeat"}
+    "deadline_at": {"type": "string", "format": "date-time", "description": "When the session becomes overdue without another heartbeat"},
+    "directive": {"type": "string", "enum": ["continue", "pause", "stop"], "description": "What the agent should do now"},
+    "directive_reason": {"type": "string"},
+    "epoch": {"type": "integer", "description": "Current ownership epoch; send it back to be fenced against stale owners"},
+    "heartbeat_interval_s": {"type": "integer", "description": "Recommended seconds between heartbeats (a third of the timeout)"},
+    "next_heartbeat_due": {"type": "string", "format": "date-time", "description": "last_heartbeat + heartbeat_interval_s"}
   }
 },
 "SessionHealth": {
@@ -412,7 +468,7 @@ constexpr std::string_view response_components_json = R"json({
 "HealthDetailed": {
   "type": "object",
   "description": "GET /health/detailed (contract §10.4) plus storage figures and background jobs. Always HTTP 200.",
-  "required": ["status", "timestamp", "uptime", "database", "metrics", "checks", "jobs"],
+  "required": ["status", "timestamp", "uptime", "database", "metrics", "checks", "incident", "jobs"],
   "properties": {
     "status": {"type": "string", "enum": ["ok", "degraded", "unhealthy"]},
     "timestamp": {"type": "string", "format": "date-time"},
@@ -472,6 +528,7 @@ constexpr std::string_view response_components_json = R"json({
         "backgroundJobs": {"type": "string", "enum": ["ok", "warning", "disabled"]}
       }
     },
+    "incident": {"allOf": [{"$ref": "#/components/schemas/Incident"}], "nullable": true, "description": "The open mass-stall incident, or null"},
     "jobs": {"type": "array", "items": {"$ref": "#/components/schemas/JobStatus"}}
   }
 },
@@ -560,6 +617,8 @@ const std::vector<informal_param>& informal_params() {
       {"get_sessions_archived", "limit", "integer", "Page size (default 20; above 100 means 100)",
        1},
       {"get_sessions_archived", "offset", "integer", "Items to skip (default 0)", 0},
+      {"get_session_events", "after", "integer", "Only events with a larger seq (default 0)", 0},
+      {"get_session_events", "limit", "integer", "Page size (default 100, at most 1000)", 1},
   };
   return list;
 }

@@ -17,4 +17,10 @@ std::vector<std::pair<std::string, std::string>> query_params(const context& ctx
 // The value of the first parameter `name`, if present.
 std::optional<std::string> query_value(const context& ctx, std::string_view name);
 
+// An optional integer field of a body that is otherwise ignored (heartbeats, task actions):
+// absent, null or an unparsable body -> nullopt; present but not an integer in [lo, hi] -> 400.
+core::result<std::optional<std::int64_t>> lenient_int_field(const context& ctx,
+                                                            std::string_view name, std::int64_t lo,
+                                                            std::int64_t hi);
+
 }  // namespace statetrack::api

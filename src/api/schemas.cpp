@@ -9,6 +9,7 @@ namespace {
 constexpr std::span<const std::string_view> session_statuses{core::session_status_names};
 constexpr std::span<const std::string_view> task_statuses{core::task_status_names};
 constexpr std::span<const std::string_view> machine_statuses{core::machine_status_names};
+constexpr std::span<const std::string_view> directive_names{core::directive_names};
 
 field_spec str(std::string_view name, bool required, std::string_view desc) {
   field_spec f;
@@ -64,6 +65,23 @@ field_spec timeout_field() {
   f.max = 604800;
   return f;
 }
+field_spec input_timeout_field() {
+  field_spec f = num("input_timeout_s",
+                     "awaiting_input only: seconds of waiting for a human before the "
+                     "session.input_overdue escalation (null clears)");
+  f.integer = true;
+  f.min = 1;
+  f.max = 604800;
+  return f;
+}
+field_spec epoch_field() {
+  field_spec f = num("epoch",
+                     "The session's ownership epoch as the caller knows it; a stale one is "
+                     "refused with 409 stale_epoch and the stop directive");
+  f.integer = true;
+  f.min = 1;
+  return f;
+}
 field_spec limit_field(std::optional<double> max) {
   field_spec f = num("limit", "Page size (default 20)");
   f.integer = true;
@@ -94,16 +112,16 @@ const schema create_session{
     "CreateSessionRequest",
     {str("project_id", true, "Project id (non-empty)"),
      str("machine_id", true, "Machine id (non-empty)"), num("docker_slot", "Docker slot number"),
-     obj("metadata", "Free-form metadata"), timeout_field()}};
+     obj("metadata", "Free-form metadata"), timeout_field(), input_timeout_field()}};
 
-const schema update_session{
-    "UpdateSessionRequest",
-    {one_of("status", session_statuses, "New status (no transition rules)"),
-     num("docker_slot", "Docker slot (null clears)"),
-     str("current_task_id", false, "Current task (null clears)"),
-     obj("metadata", "Shallow-merged into the stored metadata"),
-     date("last_heartbeat", "Explicit last heartbeat (ISO 8601)"),
-     date("completed_at", "Explicit completion time (ISO 8601)"), timeout_field()}};
+const schema update_session{"UpdateSessionRequest",
+                            {one_of("status", session_statuses, "New status (no transition rules)"),
+                             num("docker_slot", "Docker slot (null clears)"),
+                             str("current_task_id", false, "Current task (null clears)"),
+                             obj("metadata", "Shallow-merged into the stored metadata"),
+                             date("last_heartbeat", "Explicit last heartbeat (ISO 8601)"),
+                             date("completed_at", "Explicit completion time (ISO 8601)"),
+                             timeout_field(), input_timeout_field()}};
 
 const schema list_sessions{
     "ListSessionsQuery",
@@ -173,19 +191,22 @@ const schema create_task{
     "CreateTaskRequest",
     {str("session_id", true, "Parent session (must exist)"), str("project_id", true, "Project id"),
      str("task_name", true, "Task name (non-empty)"),
-     str("github_issue_id", false, "GitHub issue id"), obj("metadata", "Free-form metadata")}};
+     str("github_issue_id", false, "GitHub issue id"), obj("metadata", "Free-form metadata"),
+     epoch_field()}};
 
 const schema update_task{
     "UpdateTaskRequest",
     {one_of("status", task_statuses, "New status (transition table applies)"),
      str("github_issue_id", false, "GitHub issue id"), str("error_message", false, "Error message"),
-     obj("metadata", "Shallow-merged into the stored metadata")}};
+     obj("metadata", "Shallow-merged into the stored metadata"), epoch_field()}};
 
-const schema fail_task{"FailTaskRequest", {[] {
-                         field_spec f = str("error_message", true, "Why the task failed");
-                         f.not_empty = true;
-                         return f;
-                       }()}};
+const schema fail_task{"FailTaskRequest",
+                       {[] {
+                          field_spec f = str("error_message", true, "Why the task failed");
+                          f.not_empty = true;
+                          return f;
+                        }(),
+                        epoch_field()}};
 
 const schema list_tasks{
     "ListTasksQuery",
@@ -216,14 +237,24 @@ const schema assign_session{"AssignSessionRequest",
                              }()}};
 
 const schema release_session{"ReleaseSessionRequest",
-                             {str("session_id", true, "Session to release")}};
+                             {str("session_id", true, "Session to release"), epoch_field()}};
+
+const schema set_directive{"SetDirectiveRequest",
+                           {[] {
+                              field_spec f =
+                                  one_of("directive", directive_names,
+                                         "What the agent is told in its next heartbeat reply");
+                              f.required = true;
+                              return f;
+                            }(),
+                            str("reason", false, "Why (shown to the agent and in the event)")}};
 
 const std::vector<const schema*>& all() {
   static const std::vector<const schema*> list = {
       &create_session, &update_session, &list_sessions,  &failed_sessions,  &recoverable_sessions,
       &mark_failed,    &mark_stalled,   &purge_session,  &cleanup_sessions, &recover_session,
       &create_task,    &update_task,    &fail_task,      &list_tasks,       &register_machine,
-      &update_machine, &list_machines,  &assign_session, &release_session};
+      &update_machine, &list_machines,  &assign_session, &release_session,  &set_directive};
   return list;
 }
 

@@ -28,6 +28,7 @@ extern const schema update_machine;
 extern const schema list_machines;
 extern const schema assign_session;
 extern const schema release_session;
+extern const schema set_directive;
 
 // All of the above, for the OpenAPI components.
 const std::vector<const schema*>& all();

@@ -1,5 +1,7 @@
 // Session routes (contract §4.2–§4.6): parse and validate, call the session service, render.
+#include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include <boost/json/serialize.hpp>
 
@@ -13,6 +15,7 @@
 #include "core/session_insights.hpp"
 #include "core/session_service.hpp"
 #include "http/router.hpp"
+#include "util/json_writer.hpp"
 
 namespace statetrack::api {
 
@@ -84,6 +87,7 @@ awaitable<void> post_session(context& ctx) {
   in.metadata = metadata_text(get_object(*body, "metadata"));
   if (auto n = get_number(*body, "heartbeat_timeout_s"))
     in.heartbeat_timeout_s = static_cast<int>(*n);
+  if (auto n = get_number(*body, "input_timeout_s")) in.input_timeout_s = static_cast<int>(*n);
   auto r = co_await ctx.svc.sessions.create(std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::session_json(*r));
@@ -119,6 +123,8 @@ awaitable<void> put_session(context& ctx) {
   if (auto s = get_string(b, "last_heartbeat")) in.last_heartbeat = core::parse_iso(*s);
   if (auto s = get_string(b, "completed_at")) in.completed_at = core::parse_iso(*s);
   if (auto n = get_number(b, "heartbeat_timeout_s")) in.heartbeat_timeout_s = static_cast<int>(*n);
+  if (auto n = get_number(b, "input_timeout_s")) in.input_timeout_s = static_cast<int>(*n);
+  in.clear_input_timeout_s = is_null(b, "input_timeout_s");
   auto r = co_await ctx.svc.sessions.update(std::string(ctx.param(0)), std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::session_json(*r));
@@ -131,11 +137,23 @@ awaitable<void> delete_session(context& ctx) {
   ctx.no_content();
 }
 
-// POST /sessions/:id/heartbeat -> 200 {session_id,status,last_heartbeat,message} | 400 | 404
+// POST /sessions/:id/heartbeat -> 200 {session_id,status,last_heartbeat,message,...} | 400 |
+// 404 | 409 stale_epoch. The body is ignored (contract) except two optional fields:
+// `epoch` (fencing) and `extend_s` (a known long step: the deadline is at least this far).
 awaitable<void> post_session_heartbeat(context& ctx) {
-  auto r = co_await ctx.svc.sessions.heartbeat(std::string(ctx.param(0)));
+  core::heartbeat_input in;
+  if (!ctx.req.body.empty()) {
+    auto epoch = lenient_int_field(ctx, "epoch", 1, std::numeric_limits<std::int64_t>::max());
+    if (!epoch) co_return ctx.fail(epoch.error());
+    auto extend = lenient_int_field(ctx, "extend_s", 1, 604800);
+    if (!extend) co_return ctx.fail(extend.error());
+    in.epoch = *epoch;
+    if (*extend) in.extend_s = static_cast<int>(**extend);
+  }
+  auto r = co_await ctx.svc.sessions.heartbeat(std::string(ctx.param(0)), in);
   if (!r) co_return ctx.fail(r.error());
   const session& s = r->s;
+  const std::int64_t interval_s = std::max(1, s.heartbeat_timeout_s / 3);
   std::string out;
   out.reserve(256);
   json_writer w(out);
@@ -146,6 +164,73 @@ awaitable<void> post_session_heartbeat(context& ctx) {
   w.field("message", r->reactivated ? "Heartbeat updated and session reactivated from stalled state"
                                     : "Heartbeat updated successfully");
   w.field_iso("deadline_at", s.deadline_at.ms);
+  w.field("directive", core::to_string(s.dir));
+  if (s.directive_reason) w.field("directive_reason", *s.directive_reason);
+  w.field("epoch", s.epoch);
+  w.field("heartbeat_interval_s", interval_s);
+  w.field_iso("next_heartbeat_due", s.last_heartbeat.ms + interval_s * 1000);
+  w.end_object();
+  ctx.reply(std::move(out));
+}
+
+// POST /sessions/:id/directive -> 200 session | 400 | 404
+awaitable<void> post_session_directive(context& ctx) {
+  auto body = read_body(ctx, schemas::set_directive);
+  if (!body) co_return ctx.fail(body.error());
+  auto d = core::parse_directive(get_string(*body, "directive").value_or(""));
+  auto r = co_await ctx.svc.sessions.set_directive(std::string(ctx.param(0)),
+                                                   d.value_or(core::directive::continue_),
+                                                   get_string(*body, "reason"));
+  if (!r) co_return ctx.fail(r.error());
+  ctx.reply(core::session_json(*r));
+}
+
+// GET /sessions/:id/events?after=&limit= -> 200 {session_id, events[], next_after} | 400 | 404
+awaitable<void> get_session_events(context& ctx) {
+  std::int64_t after = 0;
+  std::int64_t limit = 100;
+  std::vector<std::string> problems;
+  if (auto v = query_value(ctx, "after")) {
+    double n = js_number(*v);
+    if (!std::isfinite(n) || std::floor(n) != n || n < 0) {
+      problems.emplace_back("after must be an integer not less than 0");
+    } else {
+      after = static_cast<std::int64_t>(n);
+    }
+  }
+  if (auto v = query_value(ctx, "limit")) {
+    double n = js_number(*v);
+    if (!std::isfinite(n) || std::floor(n) != n || n < 1 || n > 1000) {
+      problems.emplace_back("limit must be an integer between 1 and 1000");
+    } else {
+      limit = static_cast<std::int64_t>(n);
+    }
+  }
+  if (!problems.empty()) co_return ctx.fail(core::validation_error(std::move(problems)));
+  std::string id(ctx.param(0));
+  auto r = co_await ctx.svc.sessions.events_of(id, after, limit);
+  if (!r) co_return ctx.fail(r.error());
+  std::string out;
+  util::json_writer w(out);
+  w.begin_object();
+  w.field("session_id", id);
+  w.key("events").begin_array();
+  std::int64_t next = after;
+  for (const auto& e : *r) {
+    w.begin_object();
+    w.field("seq", e.seq);
+    w.field("type", e.type);
+    w.field_iso("occurred_at", e.occurred_at.ms);
+    if (!e.project_id.empty()) w.field("project_id", e.project_id);
+    if (!e.session_id.empty()) w.field("session_id", e.session_id);
+    if (!e.task_id.empty()) w.field("task_id", e.task_id);
+    if (!e.machine_id.empty()) w.field("machine_id", e.machine_id);
+    w.field_raw("data", e.data);
+    w.end_object();
+    next = e.seq;
+  }
+  w.end_array();
+  w.field("next_after", next);
   w.end_object();
   ctx.reply(std::move(out));
 }
@@ -575,6 +660,12 @@ void register_session_routes(http::router& r) {
       {"Record a recovery checkpoint", "", "", "", "RecoveryCheckpoint"});
   add(method::post, "/sessions/:id/recover", "post_session_recover", post_session_recover, 200,
       {"Recover a session (optionally elsewhere)", "", "RecoverSessionRequest", "", "Session"});
+  add(method::post, "/sessions/:id/directive", "post_session_directive", post_session_directive,
+      200,
+      {"Tell the agent to continue, pause or stop (in its next heartbeat reply)", "",
+       "SetDirectiveRequest", "", "Session"});
+  add(method::get, "/sessions/:id/events", "get_session_events", get_session_events, 200,
+      {"The session's timeline of events (paged by seq)", "", "", "", "SessionEvents"});
   add(method::get, "/sessions/:id/recovery-history", "get_session_recovery_history",
       get_session_recovery_history, 200,
       {"Recovery attempts of a session", "", "", "", "RecoveryHistory"});

@@ -1,5 +1,7 @@
 // Task routes (contract §4.7) and the session's task progress (§4.7.9, tagged `sessions`):
 // parse and validate, call the task service, render.
+#include <limits>
+
 #include <boost/json/serialize.hpp>
 
 #include "api/context.hpp"
@@ -20,6 +22,12 @@ using boost::asio::awaitable;
 using core::task;
 using core::task_status;
 using util::json_writer;
+
+// The optional fencing epoch of a validated body.
+std::optional<std::int64_t> epoch_of(const json::object& b) {
+  if (auto n = get_number(b, "epoch")) return static_cast<std::int64_t>(*n);
+  return std::nullopt;
+}
 
 // Order of the groups in GET /sessions/:id/tasks (contract §4.7.9).
 constexpr task_status progress_groups[] = {task_status::pending, task_status::in_progress,
@@ -48,6 +56,7 @@ awaitable<void> post_task(context& ctx) {
   in.task_name = get_string(b, "task_name").value_or("");
   in.github_issue_id = get_string(b, "github_issue_id");
   if (const auto* m = get_object(b, "metadata")) in.metadata = json::serialize(*m);
+  in.epoch = epoch_of(b);
   auto r = co_await ctx.svc.tasks.create(std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::task_json(*r));
@@ -88,6 +97,7 @@ awaitable<void> put_task(context& ctx) {
   in.clear_error_message = is_null(b, "error_message");
   // `metadata: null` is "no change" (contract §1.6, Recommended).
   if (const auto* m = get_object(b, "metadata")) in.metadata = *m;
+  in.epoch = epoch_of(b);
   auto r = co_await ctx.svc.tasks.update(std::string(ctx.param(0)), std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::task_json(*r));
@@ -100,16 +110,20 @@ awaitable<void> delete_task(context& ctx) {
   ctx.no_content();
 }
 
-// POST /tasks/:id/start -> 200 task | 400 not pending | 404 task, session
+// POST /tasks/:id/start -> 200 task | 400 not pending | 404 task, session | 409 stale_epoch
 awaitable<void> post_task_start(context& ctx) {
-  auto r = co_await ctx.svc.tasks.start(std::string(ctx.param(0)));
+  auto epoch = lenient_int_field(ctx, "epoch", 1, std::numeric_limits<std::int64_t>::max());
+  if (!epoch) co_return ctx.fail(epoch.error());
+  auto r = co_await ctx.svc.tasks.start(std::string(ctx.param(0)), *epoch);
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::task_json(*r));
 }
 
-// POST /tasks/:id/complete -> 200 task | 400 completed, failed | 404 task, session
+// POST /tasks/:id/complete -> 200 task | 400 completed, failed | 404 task, session | 409
 awaitable<void> post_task_complete(context& ctx) {
-  auto r = co_await ctx.svc.tasks.complete(std::string(ctx.param(0)));
+  auto epoch = lenient_int_field(ctx, "epoch", 1, std::numeric_limits<std::int64_t>::max());
+  if (!epoch) co_return ctx.fail(epoch.error());
+  auto r = co_await ctx.svc.tasks.complete(std::string(ctx.param(0)), *epoch);
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::task_json(*r));
 }
@@ -118,8 +132,8 @@ awaitable<void> post_task_complete(context& ctx) {
 awaitable<void> post_task_fail(context& ctx) {
   auto body = read_body(ctx, schemas::fail_task);
   if (!body) co_return ctx.fail(body.error());
-  auto r = co_await ctx.svc.tasks.fail(std::string(ctx.param(0)),
-                                       get_string(*body, "error_message").value_or(""));
+  auto r = co_await ctx.svc.tasks.fail(
+      std::string(ctx.param(0)), get_string(*body, "error_message").value_or(""), epoch_of(*body));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::task_json(*r));
 }

@@ -228,6 +228,40 @@ const std::vector<option_def>& table() {
        "Keep at most this many events",
        false,
        ST_INT(event_retention_count, 1000, big)},
+      {"restart-grace-s",
+       {"STATETRACK_RESTART_GRACE_S"},
+       "60",
+       "After a start, active sessions whose deadline passed (or passes within this many "
+       "seconds) get until then before they can be stalled; 0 disables",
+       false,
+       ST_INT(restart_grace_s, 0, 86400)},
+      {"stall-brake-share",
+       {"STATETRACK_STALL_BRAKE_SHARE"},
+       "0.5",
+       "Mass-stall brake: when more than this share of active sessions is overdue in one sweep "
+       "(and at least --stall-brake-min), stall none and open an incident",
+       false,
+       [](config& c, const std::string& v) {
+         char* end = nullptr;
+         const double d = std::strtod(v.c_str(), &end);
+         if (v.empty() || end != v.c_str() + v.size() || !(d > 0 && d <= 1)) {
+           return "'" + v + "' is not a share in (0, 1]";
+         }
+         c.stall_brake_share = d;
+         return std::string();
+       }},
+      {"stall-brake-min",
+       {"STATETRACK_STALL_BRAKE_MIN"},
+       "10",
+       "Mass-stall brake: minimum number of overdue sessions; 0 disables the brake",
+       false,
+       ST_INT(stall_brake_min, 0, big)},
+      {"consistency-interval-s",
+       {"STATETRACK_CONSISTENCY_INTERVAL_S"},
+       "60",
+       "Seconds between consistency checks (tasks of ended sessions, slots held by them)",
+       false,
+       ST_INT(consistency_interval_s, 1, 86400)},
   };
   return defs;
 }

@@ -35,6 +35,10 @@ struct config {
   std::int64_t retention_interval_s = 3600;
   std::int64_t event_retention_days = 7;
   std::int64_t event_retention_count = 1'000'000;
+  std::int64_t restart_grace_s = 60;
+  double stall_brake_share = 0.5;
+  std::int64_t stall_brake_min = 10;
+  std::int64_t consistency_interval_s = 60;
 };
 
 struct parse_outcome {

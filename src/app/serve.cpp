@@ -107,6 +107,10 @@ int serve(const config& cfg) {
   jo.retention_interval_s = cfg.retention_interval_s;
   jo.event_retention_days = cfg.event_retention_days;
   jo.event_retention_count = cfg.event_retention_count;
+  jo.restart_grace_s = cfg.restart_grace_s;
+  jo.stall_brake_share = cfg.stall_brake_share;
+  jo.stall_brake_min = cfg.stall_brake_min;
+  jo.consistency_interval_s = cfg.consistency_interval_s;
   jobs::scheduler scheduler(ioc, jo, sessions, machines, *store, clock, log, metrics);
 
   api::register_all(router);

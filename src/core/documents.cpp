@@ -22,6 +22,11 @@ void write_session(util::json_writer& w, const session& s) {
   w.field("heartbeat_timeout_s", static_cast<std::int64_t>(s.heartbeat_timeout_s));
   w.field_iso("deadline_at", s.deadline_at.ms);
   w.field("epoch", s.epoch);
+  w.field("directive", to_string(s.dir));
+  if (s.directive_reason) w.field("directive_reason", *s.directive_reason);
+  if (s.input_timeout_s) w.field("input_timeout_s", static_cast<std::int64_t>(*s.input_timeout_s));
+  if (s.awaiting_since) w.field_iso("awaiting_since", s.awaiting_since->ms);
+  if (s.escalated_at) w.field_iso("input_overdue_at", s.escalated_at->ms);
   w.field("__v", static_cast<std::int64_t>(0));
   w.end_object();
 }

@@ -19,6 +19,7 @@ unsigned status_of(errc code) {
     case errc::timeout:
       return 408;
     case errc::conflict:
+    case errc::stale_epoch:
       return 409;
     case errc::payload_too_large:
       return 413;
@@ -48,6 +49,7 @@ std::string_view reason_of(errc code) {
     case errc::timeout:
       return "Request Timeout";
     case errc::conflict:
+    case errc::stale_epoch:
       return "Conflict";
     case errc::payload_too_large:
       return "Payload Too Large";
@@ -78,6 +80,8 @@ std::string_view code_name_of(errc code) {
       return "timeout";
     case errc::conflict:
       return "conflict";
+    case errc::stale_epoch:
+      return "stale_epoch";
     case errc::payload_too_large:
       return "payload_too_large";
     case errc::header_too_large:

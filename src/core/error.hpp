@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <boost/assert/source_location.hpp>
+#include <boost/json/object.hpp>
 #include <boost/json/value.hpp>
 #include <boost/system/result.hpp>
 
@@ -21,6 +22,7 @@ enum class errc {
   not_found,          // 404
   timeout,            // 408: the request exceeded its deadline
   conflict,           // 409
+  stale_epoch,        // 409: the request carries an old ownership epoch (fencing)
   payload_too_large,  // 413
   header_too_large,   // 431
   rate_limited,       // 429
@@ -42,13 +44,15 @@ struct error {
   std::vector<std::string> field_messages;
   // Optional structured details (storage-level validation object, duplicate key, ...).
   boost::json::value details;
+  // Extra top-level envelope fields (e.g. `directive` and `current_epoch` for stale_epoch).
+  boost::json::object extra;
 };
 
 inline error make_error(errc code, std::string message) {
-  return error{code, std::move(message), {}, {}};
+  return error{code, std::move(message), {}, {}, {}};
 }
 inline error validation_error(std::vector<std::string> messages) {
-  return error{errc::validation_failed, "Validation failed", std::move(messages), {}};
+  return error{errc::validation_failed, "Validation failed", std::move(messages), {}, {}};
 }
 
 template <class T>

@@ -10,7 +10,12 @@
 #include <cmath>
 #include <set>
 
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include "core/documents.hpp"
 #include "core/events.hpp"
+#include "core/metadata.hpp"
 #include "core/session_service.hpp"
 #include "util/json_writer.hpp"
 
@@ -324,13 +329,19 @@ boost::asio::awaitable<result<machine>> machine_service::assign_session(
 }
 
 // POST /machines/:id/release-session — the session itself is neither looked up nor changed.
-boost::asio::awaitable<result<machine>> machine_service::release_session(std::string id,
-                                                                         std::string session_id) {
+boost::asio::awaitable<result<machine>> machine_service::release_session(
+    std::string id, std::string session_id, std::optional<std::int64_t> epoch) {
   const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<machine> {
     auto found = tx.get_machine(id);
     if (!found) return machine_not_found(id);
     machine m = std::move(*found);
+    // Fencing: a stale owner may not release the slot its successor now holds.
+    if (epoch) {
+      if (auto s = tx.get_session(session_id); s && s->epoch != *epoch) {
+        return stale_epoch(*s, *epoch);
+      }
+    }
     if (!listed(m, session_id)) {
       return make_error(errc::bad_request,
                         "Session " + session_id + " is not assigned to machine " + id);
@@ -367,20 +378,45 @@ boost::asio::awaitable<result<machine_heartbeat_outcome>> machine_service::heart
 }
 
 // Offline detection (§11): a compare-and-set over the partial index of online machines.
-boost::asio::awaitable<std::vector<machine>> machine_service::sweep_offline(
+// A machine that went silent takes its active sessions with it: they are stalled in the same
+// transaction with the machine as the one stated cause, and the single machine.offline event
+// lists them (no per-session stall events to explain one by one).
+boost::asio::awaitable<std::vector<machine_offline>> machine_service::sweep_offline(
     timestamp now, std::int64_t offline_after_ms) {
-  auto fn = [&](write_txn& tx) -> result<std::vector<machine>> {
+  auto fn = [&](write_txn& tx) -> result<std::vector<machine_offline>> {
     storage::machine_filter f;
     f.status = machine_status::online;
     f.last_heartbeat_before = now - offline_after_ms;
-    auto due = tx.list_machines(f);
-    for (auto& m : due) {
+    std::vector<machine_offline> out;
+    for (auto& m : tx.list_machines(f)) {
       m.status = machine_status::offline;
       m.updated_at = now;
       tx.update_machine(m);
-      tx.append_event(machine_event("machine.offline", m, now));
+      machine_offline gone{m, {}};
+      storage::session_filter sf;
+      sf.statuses = storage::status_set::of({session_status::active});
+      sf.machine_id = m.machine_id;
+      boost::json::object patch;
+      patch["stalled_reason"] = "machine " + m.machine_id + " went offline";
+      patch["stalled_timestamp"] = format_iso(now);
+      for (auto& s : tx.list_sessions(sf)) {
+        s.status = session_status::stalled;
+        s.metadata = merge_metadata(s.metadata, patch);
+        s.updated_at = now;
+        tx.update_session(s);
+        gone.affected_sessions.push_back(s.session_id);
+      }
+      auto doc = boost::json::parse(machine_json(m)).as_object();
+      boost::json::array ids;
+      for (const auto& id : gone.affected_sessions)
+        ids.emplace_back(id);
+      doc["affected_sessions"] = std::move(ids);
+      event e = machine_event("machine.offline", m, now);
+      e.data = boost::json::serialize(doc);
+      tx.append_event(e);
+      out.push_back(std::move(gone));
     }
-    return due;
+    return out;
   };
   auto r = co_await storage::write(store_, std::move(fn));
   co_return std::move(r.value());

@@ -75,6 +75,11 @@ std::string format_slot(double n);
 // The heartbeat message, chosen from the status before the call (contract §4.8.9, §13 item 3).
 std::string_view machine_heartbeat_message(bool back_online);
 
+struct machine_offline {
+  machine m;
+  std::vector<std::string> affected_sessions;  // active sessions stalled with it
+};
+
 error machine_not_found(std::string_view id);
 
 class machine_service {
@@ -90,13 +95,16 @@ class machine_service {
   boost::asio::awaitable<result<machine>> deregister(std::string id);
   boost::asio::awaitable<result<machine>> assign_session(std::string id, std::string session_id,
                                                          std::optional<double> docker_slot);
-  boost::asio::awaitable<result<machine>> release_session(std::string id, std::string session_id);
+  // `epoch`, when given, must be the session's current one (fencing).
+  boost::asio::awaitable<result<machine>> release_session(
+      std::string id, std::string session_id, std::optional<std::int64_t> epoch = std::nullopt);
   boost::asio::awaitable<result<machine_heartbeat_outcome>> heartbeat(std::string id);
 
   // Online machines whose last heartbeat is older than `offline_after_ms` become offline, one
-  // event each, in one transaction (maintenance machines are never touched).
-  boost::asio::awaitable<std::vector<machine>> sweep_offline(timestamp now,
-                                                             std::int64_t offline_after_ms);
+  // event each, in one transaction (maintenance machines are never touched); their active
+  // sessions are stalled with the machine as the cause.
+  boost::asio::awaitable<std::vector<machine_offline>> sweep_offline(timestamp now,
+                                                                     std::int64_t offline_after_ms);
 
  private:
   storage::store& store_;

@@ -36,6 +36,13 @@ struct session {
   timestamp sweep_at;
   // Ownership generation, bumped on recovery (fencing).
   std::int64_t epoch = 1;
+  // Instruction returned with every heartbeat, set by operators.
+  directive dir = directive::continue_;
+  std::optional<std::string> directive_reason;
+  // awaiting_input: optional escalation after this many seconds of waiting for a human.
+  std::optional<int> input_timeout_s;
+  std::optional<timestamp> awaiting_since;
+  std::optional<timestamp> escalated_at;
 };
 
 struct task {

@@ -2,6 +2,7 @@
 // fixed as recommended: literal routes, merged recovery metadata, no partial cleanup.
 #include "core/session_service.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include <boost/json/array.hpp>
@@ -38,6 +39,79 @@ std::string iso(timestamp t) {
   return format_iso(t);
 }
 
+// Moves a session into `to`, keeping the liveness invariants: an active session has
+// sweep_at <= deadline_at and never less than a full timeout from when it (re)starts; an
+// awaiting_input session is keyed by its escalation time; leaving awaiting_input forgets it.
+void enter_status(session& s, session_status to, timestamp now, bool explicit_heartbeat) {
+  const session_status from = s.status;
+  s.status = to;
+  if (to == from) return;
+  if (from == session_status::awaiting_input) {
+    s.awaiting_since.reset();
+    s.escalated_at.reset();
+  }
+  if (to == session_status::active && !explicit_heartbeat) {
+    s.deadline_at =
+        std::max(s.deadline_at, now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000);
+    s.sweep_at = s.deadline_at;
+  } else if (to == session_status::awaiting_input) {
+    s.awaiting_since = now;
+    s.escalated_at.reset();
+    s.sweep_at =
+        s.input_timeout_s ? now + static_cast<std::int64_t>(*s.input_timeout_s) * 1000 : never;
+  }
+}
+
+// Escalation time of an awaiting_input session, or `never`.
+timestamp escalation_due(const session& s, timestamp now) {
+  if (s.escalated_at || !s.input_timeout_s) return never;
+  return s.awaiting_since.value_or(now) + static_cast<std::int64_t>(*s.input_timeout_s) * 1000;
+}
+
+// Epoch check for requests that carry one (fencing); requests without one are old clients.
+std::optional<error> check_epoch(const session& s, const std::optional<std::int64_t>& presented) {
+  if (presented && *presented != s.epoch) return stale_epoch(s, *presented);
+  return std::nullopt;
+}
+
+constexpr const char* incident_key = "incident.mass_stall";
+
+std::optional<mass_stall_incident> parse_incident(const std::optional<std::string>& text) {
+  if (!text) return std::nullopt;
+  auto o = parse_metadata(*text);
+  mass_stall_incident inc;
+  if (auto* v = o.if_contains("since"); v != nullptr && v->is_int64()) inc.since = {v->as_int64()};
+  if (auto* v = o.if_contains("overdue"); v != nullptr && v->is_int64())
+    inc.overdue = v->as_int64();
+  if (auto* v = o.if_contains("active"); v != nullptr && v->is_int64()) inc.active = v->as_int64();
+  if (auto* v = o.if_contains("cleared"); v != nullptr && v->is_bool()) {
+    inc.cleared_by_operator = v->as_bool();
+  }
+  return inc;
+}
+
+std::string incident_text(const mass_stall_incident& inc) {
+  json::object o;
+  o["since"] = inc.since.ms;
+  o["overdue"] = inc.overdue;
+  o["active"] = inc.active;
+  o["cleared"] = inc.cleared_by_operator;
+  return serialize_metadata(o);
+}
+
+event incident_event(std::string_view type, const mass_stall_incident& inc, timestamp now) {
+  event e;
+  e.type = type;
+  e.occurred_at = now;
+  json::object o;
+  o["since"] = format_iso(inc.since);
+  o["overdue_sessions"] = inc.overdue;
+  o["active_sessions"] = inc.active;
+  o["cleared_by_operator"] = inc.cleared_by_operator;
+  e.data = serialize_metadata(o);
+  return e;
+}
+
 json::object recovery_of(const json::object& metadata) {
   auto* r = metadata.if_contains("recovery");
   if (r != nullptr && r->is_object()) return r->as_object();
@@ -48,6 +122,16 @@ json::object recovery_of(const json::object& metadata) {
 
 error session_not_found(std::string_view id) {
   return make_error(errc::not_found, "Session with ID " + std::string(id) + " not found");
+}
+
+error stale_epoch(const session& s, std::int64_t presented) {
+  error e = make_error(errc::stale_epoch,
+                       "Session " + s.session_id + " is at epoch " + std::to_string(s.epoch) +
+                           "; this request carries epoch " + std::to_string(presented) +
+                           ". The session was recovered elsewhere: stop working on it.");
+  e.extra["directive"] = "stop";
+  e.extra["current_epoch"] = s.epoch;
+  return e;
 }
 
 std::int64_t recovery_attempts(const json::object& metadata) {
@@ -82,6 +166,7 @@ task_of<session> session_service::create(create_session_input in) {
   s.last_heartbeat = s.started_at = s.created_at = s.updated_at = now;
   s.metadata = std::move(in.metadata);
   s.heartbeat_timeout_s = in.heartbeat_timeout_s.value_or(default_heartbeat_timeout_s);
+  s.input_timeout_s = in.input_timeout_s;
   s.epoch = 1;
   rearm(s);
   auto fn = [&](write_txn& tx) -> result<session> {
@@ -120,8 +205,9 @@ task_of<session> session_service::update(std::string id, update_session_input in
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
-    const session_status before = s.status;
-    if (in.status) s.status = *in.status;
+    if (in.clear_input_timeout_s) s.input_timeout_s.reset();
+    if (in.input_timeout_s) s.input_timeout_s = in.input_timeout_s;
+    if (in.status) enter_status(s, *in.status, now, in.last_heartbeat.has_value());
     if (in.clear_docker_slot) s.docker_slot.reset();
     if (in.docker_slot) s.docker_slot = in.docker_slot;
     if (in.clear_current_task_id) s.current_task_id.reset();
@@ -135,12 +221,11 @@ task_of<session> session_service::update(std::string id, update_session_input in
     } else if (in.heartbeat_timeout_s) {
       rearm(s);
     }
-    // Resuming a session gives it a full timeout from now: never stall it early.
-    if (s.status == session_status::active && before != session_status::active &&
-        !in.last_heartbeat) {
-      s.deadline_at =
-          std::max(s.deadline_at, now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000);
-      s.sweep_at = s.deadline_at;
+    // rearm() keys the sweep on the deadline; a session waiting for a human is keyed on its
+    // escalation time instead (a new escalation timeout counts from when the wait began).
+    if (s.status == session_status::awaiting_input) {
+      if (in.input_timeout_s || in.clear_input_timeout_s) s.escalated_at.reset();
+      s.sweep_at = escalation_due(s, now);
     }
     s.updated_at = now;
     tx.update_session(s);
@@ -157,7 +242,7 @@ task_of<session> session_service::soft_delete(std::string id) {
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
-    s.status = session_status::completed;
+    enter_status(s, session_status::completed, now, false);
     s.completed_at = now;
     s.updated_at = now;
     tx.update_session(s);
@@ -168,11 +253,12 @@ task_of<session> session_service::soft_delete(std::string id) {
 }
 
 // POST /sessions/:id/heartbeat — the hot path: one indexed read and one narrow update.
-task_of<heartbeat_outcome> session_service::heartbeat(std::string id) {
+task_of<heartbeat_outcome> session_service::heartbeat(std::string id, heartbeat_input in) {
   auto fn = [&](write_txn& tx) -> result<heartbeat_outcome> {
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
+    if (auto err = check_epoch(s, in.epoch)) return *err;
     if (s.status == session_status::completed || s.status == session_status::failed) {
       return make_error(errc::bad_request, "Cannot update heartbeat for " +
                                                std::string(to_string(s.status)) + " session");
@@ -181,13 +267,20 @@ task_of<heartbeat_outcome> session_service::heartbeat(std::string id) {
     const timestamp now = clock_.now();
     heartbeat_outcome out;
     out.reactivated = s.status == session_status::stalled;
-    if (out.reactivated) s.status = session_status::active;
     s.last_heartbeat = now;
     s.updated_at = now;
     // Only deadline_at moves (later); sweep_at stays, so no index entry is rewritten.
-    s.deadline_at = now + static_cast<std::int64_t>(s.heartbeat_timeout_s) * 1000;
-    tx.update_session_liveness(s);
-    if (out.reactivated) tx.append_event(session_event("session.reactivated", s, now));
+    const std::int64_t window_s = std::max(s.heartbeat_timeout_s, in.extend_s.value_or(0));
+    s.deadline_at = now + window_s * 1000;
+    if (out.reactivated) {
+      // Re-entering the sweep index: the whole row is rewritten (rare).
+      enter_status(s, session_status::active, now, true);
+      s.sweep_at = s.deadline_at;
+      tx.update_session(s);
+      tx.append_event(session_event("session.reactivated", s, now));
+    } else {
+      tx.update_session_liveness(s);
+    }
     out.s = std::move(s);
     return out;
   };
@@ -271,7 +364,7 @@ task_of<session> session_service::mark_failed(std::string id, std::string reason
       return make_error(errc::bad_request, "Cannot mark completed session as failed");
     }
     if (s.status != session_status::failed || !s.completed_at) s.completed_at = now;
-    s.status = session_status::failed;
+    enter_status(s, session_status::failed, now, false);
     json::object patch;
     patch["failure_reason"] = reason;
     patch["failure_timestamp"] = iso(now);
@@ -296,7 +389,7 @@ task_of<session> session_service::mark_stalled(std::string id, std::string reaso
       return make_error(errc::bad_request,
                         "Cannot mark " + std::string(to_string(s.status)) + " session as stalled");
     }
-    s.status = session_status::stalled;
+    enter_status(s, session_status::stalled, now, false);
     json::object patch;
     patch["stalled_reason"] = reason;
     patch["stalled_timestamp"] = iso(now);
@@ -322,7 +415,7 @@ task_of<session> session_service::archive(std::string id) {
                             "\". Only completed, failed, or already archived sessions can be "
                             "archived.");
     }
-    s.status = session_status::archived;
+    enter_status(s, session_status::archived, now, false);
     s.updated_at = now;
     tx.update_session(s);
     tx.append_event(session_event("session.archived", s, now));
@@ -394,7 +487,7 @@ task_of<cleanup_outcome> session_service::cleanup(cleanup_input in) {
       } else if (in.archive) {
         out.tasks_deleted += tx.count_tasks(tf);
         if (s.status != session_status::archived) {
-          s.status = session_status::archived;
+          enter_status(s, session_status::archived, now, false);
           s.updated_at = now;
           tx.update_session(s);
           tx.append_event(session_event("session.archived", s, now));
@@ -514,11 +607,30 @@ task_of<session> session_service::recover(std::string id, recover_input in) {
       return make_error(errc::bad_request,
                         "Maximum recovery attempts (3) reached for this session");
     }
-    s.status = session_status::active;
+    enter_status(s, session_status::active, now, true);
     s.last_heartbeat = now;
     rearm(s);
+    const std::string old_machine = s.machine_id;
+    const std::optional<double> old_slot = s.docker_slot;
     if (in.new_machine_id && !in.new_machine_id->empty()) s.machine_id = *in.new_machine_id;
     if (in.new_docker_slot) s.docker_slot = in.new_docker_slot;
+    // Moving elsewhere releases the old slot in the same transaction, so the old machine's
+    // slot is free as soon as the new owner is recorded (and the epoch bump fences the old one).
+    if (s.machine_id != old_machine || s.docker_slot != old_slot) {
+      if (auto m = tx.get_machine(old_machine)) {
+        auto& list = m->active_sessions;
+        auto it = std::find(list.begin(), list.end(), s.session_id);
+        if (it != list.end()) {
+          list.erase(it);
+          m->updated_at = now;
+          tx.update_machine(*m);
+          event e = machine_event("machine.session_released", *m, now);
+          e.session_id = s.session_id;
+          e.project_id = s.project_id;
+          tx.append_event(e);
+        }
+      }
+    }
     if (in.resume_from_task_id) s.current_task_id = in.resume_from_task_id;
     json::object attempt;
     attempt["attempted_at"] = iso(now);
@@ -548,36 +660,152 @@ task_of<session> session_service::recover(std::string id, recover_input in) {
   co_return co_await storage::write(store_, std::move(fn));
 }
 
-// Stall detection: active sessions whose deadline passed become stalled, one event each.
-// Candidates come from the sweep index (sweep_at <= deadline_at); only those whose real
-// deadline passed are stalled, the others are re-armed at their deadline.
+// One sweep pass over the sweep index (sweep_at <= deadline_at for active sessions, the
+// escalation time for awaiting_input ones):
+//  * active sessions whose real deadline has not passed are re-armed at it;
+//  * awaiting_input sessions whose escalation time passed get one session.input_overdue event;
+//  * the overdue active sessions are stalled (one event each) — unless the mass-stall brake
+//    holds: when more than `brake.max_share` of all active sessions (and at least
+//    `brake.min_count`) are overdue at once, the likelier cause is on our side (network, the
+//    tracker itself), so nothing is stalled and one incident stays open until heartbeats
+//    return or an operator clears it.
 boost::asio::awaitable<sweep_outcome> session_service::sweep_stalled(timestamp now,
-                                                                     std::int64_t batch) {
+                                                                     std::int64_t batch,
+                                                                     stall_brake brake) {
   auto fn = [&](write_txn& tx) -> result<sweep_outcome> {
     session_filter f;
-    f.statuses = status_set::of({session_status::active});
+    f.statuses = status_set::of({session_status::active, session_status::awaiting_input});
     f.sweep_before = now;
     f.order = session_order::sweep_asc;
     f.limit = batch;
-    auto due = tx.list_sessions(f);
+    auto candidates = tx.list_sessions(f);
     sweep_outcome out;
-    out.examined = static_cast<std::int64_t>(due.size());
-    for (auto& s : due) {
-      if (s.deadline_at < now) {
-        s.status = session_status::stalled;
-        s.updated_at = now;
+    out.examined = static_cast<std::int64_t>(candidates.size());
+    std::vector<session> overdue;
+    for (auto& s : candidates) {
+      if (s.status == session_status::awaiting_input) {
+        if (s.input_timeout_s && !s.escalated_at) {
+          s.escalated_at = now;
+          s.updated_at = now;
+          tx.append_event(session_event("session.input_overdue", s, now));
+          out.escalated.push_back(s);
+        }
+        s.sweep_at = never;
         tx.update_session(s);
-        tx.append_event(session_event("session.stalled", s, now));
-        out.stalled.push_back(std::move(s));
+      } else if (s.deadline_at < now) {
+        overdue.push_back(std::move(s));
       } else {
         s.sweep_at = s.deadline_at;
         tx.update_session(s);
       }
     }
+    out.overdue = static_cast<std::int64_t>(overdue.size());
+    auto incident = parse_incident(tx.get_meta(incident_key));
+    const bool cleared = incident && incident->cleared_by_operator;
+    if (!overdue.empty() && !cleared && brake.min_count > 0) {
+      session_filter active_only;
+      active_only.statuses = status_set::of({session_status::active});
+      const std::int64_t active = tx.count_sessions(active_only);
+      const bool mass =
+          out.overdue >= brake.min_count &&
+          static_cast<double>(out.overdue) > brake.max_share * static_cast<double>(active);
+      if (mass) {
+        out.braked = true;
+        mass_stall_incident inc = incident.value_or(mass_stall_incident{now, 0, 0, false});
+        inc.overdue = out.overdue;
+        inc.active = active;
+        if (!incident) {
+          out.incident_opened = true;
+          tx.append_event(incident_event("incident.mass_stall", inc, now));
+        }
+        tx.put_meta(incident_key, incident_text(inc));
+        return out;
+      }
+    }
+    for (auto& s : overdue) {
+      enter_status(s, session_status::stalled, now, false);
+      s.updated_at = now;
+      tx.update_session(s);
+      tx.append_event(session_event("session.stalled", s, now));
+      out.stalled.push_back(std::move(s));
+    }
+    if (incident) {
+      // Heartbeats came back (or an operator let the sweep through): the incident is over.
+      out.incident_resolved = true;
+      tx.delete_meta(incident_key);
+      tx.append_event(incident_event("incident.resolved", *incident, now));
+    }
     return out;
   };
   auto r = co_await storage::write(store_, std::move(fn));
   co_return std::move(r.value());
+}
+
+boost::asio::awaitable<std::int64_t> session_service::apply_restart_grace(timestamp now,
+                                                                          std::int64_t grace_ms) {
+  const timestamp until = now + grace_ms;
+  auto fn = [&](write_txn& tx) -> result<std::int64_t> {
+    session_filter f;
+    f.statuses = status_set::of({session_status::active});
+    f.sweep_before = until;
+    f.order = session_order::sweep_asc;
+    std::int64_t n = 0;
+    for (auto& s : tx.list_sessions(f)) {
+      if (s.deadline_at >= until) continue;
+      s.deadline_at = until;
+      s.sweep_at = until;
+      tx.update_session(s);
+      ++n;
+    }
+    return n;
+  };
+  auto r = co_await storage::write(store_, std::move(fn));
+  co_return r.value();
+}
+
+boost::asio::awaitable<std::optional<mass_stall_incident>> session_service::open_incident() {
+  auto fn = [](read_view& v) { return parse_incident(v.get_meta(incident_key)); };
+  co_return co_await storage::read(store_, std::move(fn));
+}
+
+task_of<mass_stall_incident> session_service::clear_incident() {
+  auto fn = [&](write_txn& tx) -> result<mass_stall_incident> {
+    auto inc = parse_incident(tx.get_meta(incident_key));
+    if (!inc) return make_error(errc::not_found, "There is no open mass-stall incident");
+    inc->cleared_by_operator = true;
+    tx.put_meta(incident_key, incident_text(*inc));
+    return *inc;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// POST /sessions/:id/directive
+task_of<session> session_service::set_directive(std::string id, directive d,
+                                                std::optional<std::string> reason) {
+  const timestamp now = clock_.now();
+  auto fn = [&](write_txn& tx) -> result<session> {
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    s.dir = d;
+    s.directive_reason = reason;
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event("session.directive_changed", s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
+// GET /sessions/:id/events — the timeline, also after a purge (the events remain).
+task_of<std::vector<event>> session_service::events_of(std::string id, std::int64_t after,
+                                                       std::int64_t limit) {
+  auto fn = [&](read_view& v) -> result<std::vector<event>> {
+    auto list = v.session_events(id, after, limit);
+    if (list.empty() && after == 0 && !v.get_session(id)) return session_not_found(id);
+    return list;
+  };
+  co_return co_await storage::read(store_, std::move(fn));
 }
 
 // Retention: completed/failed sessions (and their tasks) past the horizon are deleted, and so
@@ -620,7 +848,7 @@ boost::asio::awaitable<std::int64_t> session_service::auto_archive(timestamp com
     f.limit = batch;
     auto old = tx.list_sessions(f);
     for (auto& s : old) {
-      s.status = session_status::archived;
+      enter_status(s, session_status::archived, now, false);
       s.updated_at = now;
       tx.update_session(s);
       tx.append_event(session_event("session.archived", s, now));

@@ -30,6 +30,7 @@ struct create_session_input {
   std::optional<double> docker_slot;
   std::string metadata = "{}";
   std::optional<int> heartbeat_timeout_s;
+  std::optional<int> input_timeout_s;
 };
 
 struct update_session_input {
@@ -42,11 +43,32 @@ struct update_session_input {
   std::optional<timestamp> last_heartbeat;
   std::optional<timestamp> completed_at;
   std::optional<int> heartbeat_timeout_s;
+  std::optional<int> input_timeout_s;
+  bool clear_input_timeout_s = false;
+};
+
+// Optional fields a heartbeat may carry (the body is otherwise ignored, as in the contract).
+struct heartbeat_input {
+  std::optional<std::int64_t> epoch;  // fencing: a stale epoch is refused with `stop`
+  std::optional<int> extend_s;        // a known long step: the deadline is at least this far
 };
 
 struct heartbeat_outcome {
   session s;
   bool reactivated = false;  // the session was stalled before this heartbeat
+};
+
+struct stall_brake {
+  double max_share = 0.5;       // stall nothing when more than this share of active sessions
+  std::int64_t min_count = 10;  // ... and at least this many are overdue in one sweep
+};
+
+// The mass-stall incident kept in the meta table while the brake holds.
+struct mass_stall_incident {
+  timestamp since;
+  std::int64_t overdue = 0;
+  std::int64_t active = 0;
+  bool cleared_by_operator = false;
 };
 
 struct purge_outcome {
@@ -104,8 +126,13 @@ struct recoverable_query {
 };
 
 struct sweep_outcome {
-  std::vector<session> stalled;  // sessions this pass moved to stalled
-  std::int64_t examined = 0;     // index candidates looked at (stalled or re-armed)
+  std::vector<session> stalled;    // sessions this pass moved to stalled
+  std::vector<session> escalated;  // awaiting_input sessions whose escalation fired
+  std::int64_t examined = 0;       // index candidates looked at
+  std::int64_t overdue = 0;        // active sessions past their deadline
+  bool braked = false;             // the mass-stall brake held every stall back
+  bool incident_opened = false;
+  bool incident_resolved = false;
 };
 
 class session_service {
@@ -117,7 +144,9 @@ class session_service {
   boost::asio::awaitable<std::vector<session>> list(session_list_query q);
   task_of<session> update(std::string id, update_session_input in);
   task_of<session> soft_delete(std::string id);
-  task_of<heartbeat_outcome> heartbeat(std::string id);
+  task_of<heartbeat_outcome> heartbeat(std::string id, heartbeat_input in = {});
+  task_of<session> set_directive(std::string id, directive d, std::optional<std::string> reason);
+  task_of<std::vector<event>> events_of(std::string id, std::int64_t after, std::int64_t limit);
 
   boost::asio::awaitable<std::vector<session>> stale(double threshold_s, timestamp now);
   boost::asio::awaitable<std::vector<session>> active(std::optional<std::string> project_id,
@@ -141,7 +170,15 @@ class session_service {
   task_of<session> recover(std::string id, recover_input in);
 
   // Background sweeps (compare-and-set over indexed deadlines), safe to run concurrently.
-  boost::asio::awaitable<sweep_outcome> sweep_stalled(timestamp now, std::int64_t batch);
+  // Stalls overdue active sessions and escalates overdue awaiting_input ones, unless the
+  // mass-stall brake holds (then it stalls none and keeps one incident open).
+  boost::asio::awaitable<sweep_outcome> sweep_stalled(timestamp now, std::int64_t batch,
+                                                      stall_brake brake = {});
+  // After a restart, active sessions whose deadline falls before now + grace get until then.
+  boost::asio::awaitable<std::int64_t> apply_restart_grace(timestamp now, std::int64_t grace_ms);
+  // The open mass-stall incident, if any, and the operator's override.
+  boost::asio::awaitable<std::optional<mass_stall_incident>> open_incident();
+  task_of<mass_stall_incident> clear_incident();
   boost::asio::awaitable<std::int64_t> apply_retention(timestamp completed_before,
                                                        std::int64_t batch);
   boost::asio::awaitable<std::int64_t> auto_archive(timestamp completed_before, std::int64_t batch);
@@ -158,5 +195,10 @@ std::int64_t recovery_attempts(const boost::json::object& metadata);
 std::int64_t recovery_attempts(const session& s);
 
 error session_not_found(std::string_view id);
+// 409 stale_epoch with the `stop` directive: the caller lost ownership of the session.
+error stale_epoch(const session& s, std::int64_t presented);
+
+// Sessions waiting for a human never stall; their sweep key is the escalation time.
+inline constexpr timestamp never{std::int64_t{1} << 62};
 
 }  // namespace statetrack::core

@@ -32,6 +32,17 @@ result<session> parent_session(write_txn& tx, const task& t) {
   return std::move(*s);
 }
 
+// Fencing for task changes that carry the session's epoch: an agent that lost its session to
+// a recovery elsewhere is told to stop and changes nothing.
+std::optional<error> check_task_epoch(write_txn& tx, const task& t,
+                                      const std::optional<std::int64_t>& epoch) {
+  if (!epoch) return std::nullopt;
+  auto s = tx.get_session(t.session_id);
+  if (!s) return session_not_found(t.session_id);
+  if (s->epoch != *epoch) return stale_epoch(*s, *epoch);
+  return std::nullopt;
+}
+
 // complete/fail: the session's current task is removed (key absent) if it is this task.
 void release_current_task(write_txn& tx, session& s, std::string_view task_id, timestamp now) {
   if (!s.current_task_id || *s.current_task_id != task_id) return;
@@ -91,7 +102,9 @@ std::int64_t completion_percentage(std::int64_t completed, std::int64_t total) {
 boost::asio::awaitable<result<task>> task_service::create(create_task_input in) {
   const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
-    if (!tx.get_session(in.session_id)) return session_not_found(in.session_id);
+    auto parent = tx.get_session(in.session_id);
+    if (!parent) return session_not_found(in.session_id);
+    if (in.epoch && *in.epoch != parent->epoch) return stale_epoch(*parent, *in.epoch);
     std::vector<std::string> problems;
     if (in.project_id.empty()) problems.emplace_back("project_id should not be empty");
     if (in.task_name.empty()) problems.emplace_back("task_name should not be empty");
@@ -140,6 +153,7 @@ boost::asio::awaitable<result<task>> task_service::update(std::string id, update
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
+    if (auto err = check_task_epoch(tx, t, in.epoch)) return *err;
     if (in.status) {
       const task_status to = *in.status;
       if (!task_transition_allowed(t.status, to)) {
@@ -182,12 +196,14 @@ boost::asio::awaitable<result<task>> task_service::soft_delete(std::string id) {
 }
 
 // POST /tasks/:id/start — task 404, status 400, session 404, then task and session together.
-boost::asio::awaitable<result<task>> task_service::start(std::string id) {
+boost::asio::awaitable<result<task>> task_service::start(std::string id,
+                                                         std::optional<std::int64_t> epoch) {
   const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
+    if (auto err = check_task_epoch(tx, t, epoch)) return *err;
     if (auto why = start_refusal(t.status)) return make_error(errc::bad_request, std::move(*why));
     auto parent = parent_session(tx, t);
     if (!parent) return parent.error();
@@ -207,12 +223,14 @@ boost::asio::awaitable<result<task>> task_service::start(std::string id) {
 }
 
 // POST /tasks/:id/complete
-boost::asio::awaitable<result<task>> task_service::complete(std::string id) {
+boost::asio::awaitable<result<task>> task_service::complete(std::string id,
+                                                            std::optional<std::int64_t> epoch) {
   const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
+    if (auto err = check_task_epoch(tx, t, epoch)) return *err;
     if (auto why = complete_refusal(t.status)) {
       return make_error(errc::bad_request, std::move(*why));
     }
@@ -230,12 +248,14 @@ boost::asio::awaitable<result<task>> task_service::complete(std::string id) {
 }
 
 // POST /tasks/:id/fail
-boost::asio::awaitable<result<task>> task_service::fail(std::string id, std::string error_message) {
+boost::asio::awaitable<result<task>> task_service::fail(std::string id, std::string error_message,
+                                                        std::optional<std::int64_t> epoch) {
   const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
+    if (auto err = check_task_epoch(tx, t, epoch)) return *err;
     if (auto why = fail_refusal(t.status)) return make_error(errc::bad_request, std::move(*why));
     auto parent = parent_session(tx, t);
     if (!parent) return parent.error();

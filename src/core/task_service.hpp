@@ -25,6 +25,7 @@ struct create_task_input {
   std::string task_name;
   std::optional<std::string> github_issue_id;
   std::string metadata = "{}";
+  std::optional<std::int64_t> epoch;  // the session's epoch, if the caller knows it (fencing)
 };
 
 struct update_task_input {
@@ -34,6 +35,7 @@ struct update_task_input {
   std::optional<std::string> error_message;
   bool clear_error_message = false;
   std::optional<boost::json::object> metadata;  // shallow-merged
+  std::optional<std::int64_t> epoch;             // the parent session's epoch (fencing)
 };
 
 struct task_list_query {
@@ -67,9 +69,13 @@ class task_service {
   boost::asio::awaitable<std::vector<task>> list(task_list_query q);
   boost::asio::awaitable<result<task>> update(std::string id, update_task_input in);
   boost::asio::awaitable<result<task>> soft_delete(std::string id);
-  boost::asio::awaitable<result<task>> start(std::string id);
-  boost::asio::awaitable<result<task>> complete(std::string id);
-  boost::asio::awaitable<result<task>> fail(std::string id, std::string error_message);
+  // `epoch`, when given, must be the parent session's (fencing: 409 stale_epoch otherwise).
+  boost::asio::awaitable<result<task>> start(std::string id,
+                                             std::optional<std::int64_t> epoch = std::nullopt);
+  boost::asio::awaitable<result<task>> complete(std::string id,
+                                                std::optional<std::int64_t> epoch = std::nullopt);
+  boost::asio::awaitable<result<task>> fail(std::string id, std::string error_message,
+                                            std::optional<std::int64_t> epoch = std::nullopt);
   // All tasks of an existing session, newest first (404 if the session does not exist).
   boost::asio::awaitable<result<std::vector<task>>> of_session(std::string session_id);
 

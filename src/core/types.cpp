@@ -237,7 +237,10 @@ static std::optional<E> parse_enum(const std::array<std::string_view, N>& names,
 }
 
 std::optional<session_status> parse_session_status(std::string_view s) {
-  return parse_enum<6, session_status>(session_status_names, s);
+  return parse_enum<7, session_status>(session_status_names, s);
+}
+std::optional<directive> parse_directive(std::string_view s) {
+  return parse_enum<3, directive>(directive_names, s);
 }
 std::optional<task_status> parse_task_status(std::string_view s) {
   return parse_enum<5, task_status>(task_status_names, s);

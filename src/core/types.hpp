@@ -43,13 +43,17 @@ std::string new_uuid_v4();
 // 24 lowercase hex digits shaped like a MongoDB ObjectId (4-byte time, 8 random bytes).
 std::string new_object_id(timestamp now);
 
-enum class session_status { active, paused, completed, failed, stalled, archived };
+// awaiting_input (an agent blocked on a human) is statetrack's addition to the contract's six.
+enum class session_status { active, paused, completed, failed, stalled, archived, awaiting_input };
 enum class task_status { pending, in_progress, completed, failed, blocked };
 enum class machine_status { online, offline, maintenance };
+// What the server tells an agent in every heartbeat reply.
+enum class directive { continue_, pause, stop };
+inline constexpr std::array<std::string_view, 3> directive_names = {"continue", "pause", "stop"};
 
 // Declaration order is the order of enum error messages in the contract.
-inline constexpr std::array<std::string_view, 6> session_status_names = {
-    "active", "paused", "completed", "failed", "stalled", "archived"};
+inline constexpr std::array<std::string_view, 7> session_status_names = {
+    "active", "paused", "completed", "failed", "stalled", "archived", "awaiting_input"};
 inline constexpr std::array<std::string_view, 5> task_status_names = {
     "pending", "in_progress", "completed", "failed", "blocked"};
 inline constexpr std::array<std::string_view, 3> machine_status_names = {"online", "offline",
@@ -64,9 +68,13 @@ constexpr std::string_view to_string(task_status s) {
 constexpr std::string_view to_string(machine_status s) {
   return machine_status_names[static_cast<std::size_t>(s)];
 }
+constexpr std::string_view to_string(directive d) {
+  return directive_names[static_cast<std::size_t>(d)];
+}
 
 std::optional<session_status> parse_session_status(std::string_view s);
 std::optional<task_status> parse_task_status(std::string_view s);
 std::optional<machine_status> parse_machine_status(std::string_view s);
+std::optional<directive> parse_directive(std::string_view s);
 
 }  // namespace statetrack::core

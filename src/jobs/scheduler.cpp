@@ -8,6 +8,7 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include "core/clock.hpp"
+#include "core/consistency.hpp"
 #include "core/error.hpp"
 #include "core/machine_service.hpp"
 #include "core/session_service.hpp"
@@ -22,7 +23,7 @@ namespace asio = boost::asio;
 namespace {
 constexpr std::int64_t day_ms = 86'400'000;
 constexpr std::int64_t batch = 500;
-enum : std::size_t { stall_job = 0, offline_job = 1, retention_job = 2 };
+enum : std::size_t { stall_job = 0, offline_job = 1, retention_job = 2, consistency_job = 3 };
 }  // namespace
 
 scheduler::scheduler(asio::io_context& ioc, scheduler_options opts, core::session_service& sessions,
@@ -38,7 +39,8 @@ scheduler::scheduler(asio::io_context& ioc, scheduler_options opts, core::sessio
   const std::pair<const char*, std::int64_t> defs[] = {
       {"stall_sweep", opts_.sweep_interval_s},
       {"machine_offline_sweep", opts_.sweep_interval_s},
-      {"retention", opts_.retention_interval_s}};
+      {"retention", opts_.retention_interval_s},
+      {"consistency_check", opts_.consistency_interval_s}};
   for (const auto& [name, interval] : defs) {
     job j;
     j.st.name = name;
@@ -56,10 +58,36 @@ scheduler::scheduler(asio::io_context& ioc, scheduler_options opts, core::sessio
                                           "Sessions marked stalled by the stall sweep");
   machines_offlined_ = &metrics.add_counter("statetrack_machines_offlined_total",
                                             "Machines marked offline by the offline sweep");
+  escalations_ = &metrics.add_counter("statetrack_sessions_input_overdue_total",
+                                      "awaiting_input sessions whose escalation timeout fired");
+  incidents_ = &metrics.add_counter("statetrack_mass_stall_incidents_total",
+                                    "Mass-stall incidents opened by the stall brake");
+  repairs_ = &metrics.add_counter("statetrack_consistency_repairs_total",
+                                  "Tasks and slots repaired by the consistency check");
+  metrics.add_callback(
+      "statetrack_mass_stall_braking", "1 while the mass-stall brake holds stalls back", "gauge",
+      [this] {
+        return std::vector<std::pair<obs::labels, double>>{{{}, braking_.load() ? 1.0 : 0.0}};
+      });
 }
 
 void scheduler::start() {
   if (!opts_.enabled) return;
+  // Sessions whose deadline passed while the tracker was down get a grace period first.
+  if (opts_.restart_grace_s > 0) {
+    asio::co_spawn(
+        ioc_,
+        [this]() -> asio::awaitable<void> {
+          auto n =
+              co_await sessions_.apply_restart_grace(clock_.now(), opts_.restart_grace_s * 1000);
+          if (n > 0) {
+            obs::fields f;
+            f.add("sessions", n).add("grace_s", opts_.restart_grace_s);
+            log_.warn("Scheduler", "restart grace given to overdue sessions", &f);
+          }
+        },
+        asio::detached);
+  }
   auto spawn = [&](std::size_t index, std::int64_t every_s,
                    std::function<asio::awaitable<std::int64_t>()> body) {
     asio::co_spawn(
@@ -70,6 +98,7 @@ void scheduler::start() {
   spawn(stall_job, opts_.sweep_interval_s, [this] { return run_stall_sweep(); });
   spawn(offline_job, opts_.sweep_interval_s, [this] { return run_offline_sweep(); });
   spawn(retention_job, opts_.retention_interval_s, [this] { return run_retention(); });
+  spawn(consistency_job, opts_.consistency_interval_s, [this] { return run_consistency(); });
 }
 
 void scheduler::stop() {
@@ -138,34 +167,60 @@ asio::awaitable<void> scheduler::loop(std::size_t index, std::chrono::seconds ev
 }
 
 asio::awaitable<std::int64_t> scheduler::run_stall_sweep() {
-  std::int64_t total = 0;
-  for (;;) {
-    auto pass = co_await sessions_.sweep_stalled(clock_.now(), batch);
-    const auto& stalled = pass.stalled;
-    for (const auto& s : stalled) {
-      obs::fields f;
-      f.add("event", "session.stalled")
-          .add("session_id", s.session_id)
-          .add("project_id", s.project_id)
-          .add("seconds_since_heartbeat", (clock_.now() - s.last_heartbeat) / 1000);
-      log_.warn("Scheduler", "session.stalled", &f);
-    }
-    total += static_cast<std::int64_t>(stalled.size());
-    stalls_detected_->inc(stalled.size());
-    if (pass.examined < batch) break;
+  core::stall_brake brake{opts_.stall_brake_share, opts_.stall_brake_min};
+  // One pass over every due candidate: the brake must see all overdue sessions at once.
+  auto pass = co_await sessions_.sweep_stalled(clock_.now(), 0, brake);
+  for (const auto& s : pass.stalled) {
+    obs::fields f;
+    f.add("event", "session.stalled")
+        .add("session_id", s.session_id)
+        .add("project_id", s.project_id)
+        .add("seconds_since_heartbeat", (clock_.now() - s.last_heartbeat) / 1000);
+    log_.warn("Scheduler", "session.stalled", &f);
   }
-  co_return total;
+  for (const auto& s : pass.escalated) {
+    obs::fields f;
+    f.add("event", "session.input_overdue")
+        .add("session_id", s.session_id)
+        .add("project_id", s.project_id);
+    log_.warn("Scheduler", "session.input_overdue", &f);
+  }
+  if (pass.incident_opened) {
+    incidents_->inc();
+    obs::fields f;
+    f.add("overdue_sessions", pass.overdue);
+    log_.error("Scheduler", "mass-stall brake engaged: no session stalled, incident opened", &f);
+  }
+  if (pass.incident_resolved) log_.warn("Scheduler", "mass-stall incident resolved");
+  braking_ = pass.braked;
+  stalls_detected_->inc(pass.stalled.size());
+  escalations_->inc(pass.escalated.size());
+  co_return static_cast<std::int64_t>(pass.stalled.size() + pass.escalated.size());
 }
 
 asio::awaitable<std::int64_t> scheduler::run_offline_sweep() {
   auto gone = co_await machines_.sweep_offline(clock_.now(), opts_.machine_offline_after_s * 1000);
-  for (const auto& m : gone) {
+  for (const auto& g : gone) {
     obs::fields f;
-    f.add("event", "machine.offline").add("machine_id", m.machine_id);
+    f.add("event", "machine.offline")
+        .add("machine_id", g.m.machine_id)
+        .add("affected_sessions", static_cast<std::int64_t>(g.affected_sessions.size()));
     log_.warn("Scheduler", "machine.offline", &f);
   }
   machines_offlined_->inc(gone.size());
   co_return static_cast<std::int64_t>(gone.size());
+}
+
+asio::awaitable<std::int64_t> scheduler::run_consistency() {
+  auto report = co_await core::run_consistency_check(store_, clock_);
+  const std::int64_t n = report.tasks_closed + report.slots_released;
+  if (n > 0) {
+    repairs_->inc(static_cast<std::uint64_t>(n));
+    obs::fields f;
+    f.add("tasks_closed", report.tasks_closed).add("slots_released", report.slots_released);
+    log_.warn("Scheduler", "consistency check repaired records", &f);
+  }
+  co_return n;
 }
 
 asio::awaitable<std::int64_t> scheduler::run_retention() {

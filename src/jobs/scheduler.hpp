@@ -4,6 +4,7 @@
 // may run them at once. Status of every job is kept for /health/detailed and /metrics.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -43,6 +44,10 @@ struct scheduler_options {
   std::int64_t retention_interval_s = 3600;
   std::int64_t event_retention_days = 7;
   std::int64_t event_retention_count = 1'000'000;
+  std::int64_t restart_grace_s = 60;  // after start, overdue sessions get this long
+  double stall_brake_share = 0.5;     // mass-stall brake: share of active sessions ...
+  std::int64_t stall_brake_min = 10;  // ... and minimum count (0 disables the brake)
+  std::int64_t consistency_interval_s = 60;
 };
 
 struct job_status {
@@ -65,6 +70,8 @@ class scheduler {
   void start();
   void stop();
   bool enabled() const { return opts_.enabled; }
+  // True while the mass-stall brake holds stalls back (an incident is open).
+  bool braking() const { return braking_.load(); }
   std::vector<job_status> status() const;
   const scheduler_options& options() const { return opts_; }
 
@@ -72,6 +79,7 @@ class scheduler {
   boost::asio::awaitable<std::int64_t> run_stall_sweep();
   boost::asio::awaitable<std::int64_t> run_offline_sweep();
   boost::asio::awaitable<std::int64_t> run_retention();
+  boost::asio::awaitable<std::int64_t> run_consistency();
 
  private:
   struct job {
@@ -98,6 +106,10 @@ class scheduler {
   std::vector<std::shared_ptr<void>> timers_;
   obs::counter* stalls_detected_ = nullptr;
   obs::counter* machines_offlined_ = nullptr;
+  obs::counter* escalations_ = nullptr;
+  obs::counter* incidents_ = nullptr;
+  obs::counter* repairs_ = nullptr;
+  std::atomic<bool> braking_{false};
 };
 
 }  // namespace statetrack::jobs

@@ -98,6 +98,10 @@ class read_view {
 
   // Events with seq > after, ascending, at most limit.
   virtual std::vector<core::event> events_after(std::int64_t after, std::int64_t limit) = 0;
+  // One session's events with seq > after, ascending, at most limit.
+  virtual std::vector<core::event> session_events(std::string_view session_id, std::int64_t after,
+                                                  std::int64_t limit) = 0;
+  virtual std::optional<std::string> get_meta(std::string_view key) = 0;
   virtual std::int64_t last_event_seq() = 0;
 };
 
@@ -126,6 +130,9 @@ class write_txn : public read_view {
   virtual std::int64_t append_event(const core::event& e) = 0;
   // Deletes events older than `before` or beyond the newest `keep` (0 = no count bound).
   virtual std::int64_t prune_events(timestamp before, std::int64_t keep) = 0;
+
+  virtual void put_meta(std::string_view key, std::string_view value) = 0;
+  virtual void delete_meta(std::string_view key) = 0;
 
   virtual void insert_api_key(core::api_key& k) = 0;  // sets k.id
   virtual bool revoke_api_key(std::int64_t id, timestamp at) = 0;

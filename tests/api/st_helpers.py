@@ -14,7 +14,7 @@ OID_RE = re.compile(r"^[0-9a-f]{24}$")
 SESSION_STATUSES = ["active", "paused", "completed", "failed", "stalled", "archived"]
 TASK_STATUSES = ["pending", "in_progress", "completed", "failed", "blocked"]
 MACHINE_STATUSES = ["online", "offline", "maintenance"]
-SESSION_ENUM_MSG = "active, paused, completed, failed, stalled, archived"
+SESSION_ENUM_MSG = "active, paused, completed, failed, stalled, archived, awaiting_input"
 TASK_ENUM_MSG = "pending, in_progress, completed, failed, blocked"
 MACHINE_ENUM_MSG = "online, offline, maintenance"
 

@@ -115,17 +115,30 @@ def test_machine_goes_offline_without_heartbeat(start_server):
     assert b["message"] == "Heartbeat updated and machine brought back online"
 
 
-def test_machine_offline_keeps_assignments(start_server):
+def test_machine_offline_stalls_its_active_sessions_with_one_cause(start_server):
+    """A silent machine takes its active sessions with it: they are stalled with the machine
+    as the stated cause, in one transaction, and one machine.offline event lists them."""
     srv = start_server(["--sweep-interval-s", "1", "--machine-offline-after-s", "1"])
     c = srv.client()
     m = create_machine(c)
-    s = create_session(c, heartbeat_timeout_s=600)
+    s = create_session(c, heartbeat_timeout_s=600, machine_id=m["machine_id"])
+    paused = create_session(c, heartbeat_timeout_s=600, machine_id=m["machine_id"])
+    expect(c.put(f"/sessions/{paused['session_id']}", json={"status": "paused"}), 200)
+    elsewhere = create_session(c, heartbeat_timeout_s=600)
     expect(c.post(f"/machines/{m['machine_id']}/assign-session",
                   json={"session_id": s["session_id"]}), 201)
     poll(lambda: get_machine(c, m["machine_id"])["status"] == "offline", 8,
          desc="machine offline")
+    # Slot bookkeeping is untouched (contract §5); the session is stalled with the cause.
     assert get_machine(c, m["machine_id"])["active_sessions"] == [s["session_id"]]
-    assert get_session(c, s["session_id"])["status"] == "active"
+    stalled = get_session(c, s["session_id"])
+    assert stalled["status"] == "stalled"
+    assert stalled["metadata"]["stalled_reason"] == f"machine {m['machine_id']} went offline"
+    assert get_session(c, paused["session_id"])["status"] == "paused"
+    assert get_session(c, elsewhere["session_id"])["status"] == "active"
+    # No per-session stall event: the session's own timeline ends with its assignment.
+    events = expect(c.get(f"/sessions/{s['session_id']}/events"), 200)["events"]
+    assert "session.stalled" not in [e["type"] for e in events]
 
 
 def test_disable_background_jobs(start_server):
@@ -145,7 +158,7 @@ def test_stall_survives_restart_and_sweeps_resume(start_server, tmp_path):
     c = srv.client()
     s = create_session(c, heartbeat_timeout_s=1)
     assert srv.stop() == 0
-    srv2 = start_server(["--sweep-interval-s", "1"], db_path=db)
+    srv2 = start_server(["--sweep-interval-s", "1", "--restart-grace-s", "0"], db_path=db)
     c2 = srv2.client()
     poll(lambda: _status(c2, s["session_id"]) == "stalled", 8,
          desc="session stalled by the restarted server")

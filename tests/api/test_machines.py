@@ -366,9 +366,10 @@ def test_assign_occupancy_definitions_differ(client):
     mid = m["machine_id"]
     a = create_session(client)
     expect(_assign(client, mid, a["session_id"], 1), 201)
-    # a moves elsewhere through recover, but stays in active_sessions
-    expect(client.post(f"/sessions/{a['session_id']}/recover",
-                       json={"new_machine_id": uid("elsewhere")}), 200)
+    # a is assigned to another machine: it now names that one but stays in mid's list
+    other = create_machine(client, docker_slots=[])  # no slots: a keeps slot 1
+    expect(_assign(client, other["machine_id"], a["session_id"]), 201)
+    assert a["session_id"] in get_machine(client, mid)["active_sessions"]
     b = create_session(client)
     expect(_assign(client, mid, b["session_id"]), 201)
     assert get_session(client, b["session_id"])["docker_slot"] == 2  # slot 1 counted as used

@@ -35,7 +35,8 @@ assert len(EXPECTED) == 46
 assert EXPECTED == {(m, re.sub(r":[A-Za-z]+", "{}", p)) for m, p, _ in ROUTES}
 SUCCESS = {(m, re.sub(r":[A-Za-z]+", "{}", p)): code for m, p, code in ROUTES}
 # Routes statetrack adds to the contract (additive; documented like the others).
-ADDITIONAL = {("GET", "/metrics")}
+ADDITIONAL = {("GET", "/metrics"), ("POST", "/sessions/{}/directive"), ("GET", "/sessions/{}/events"),
+              ("GET", "/incidents"), ("POST", "/incidents/mass-stall/clear")}
 
 
 def _norm(path):

@@ -14,7 +14,8 @@ CREATE TABLE sessions (
   project_id TEXT NOT NULL,
   machine_id TEXT NOT NULL,
   docker_slot REAL,
-  status TEXT NOT NULL CHECK (status IN ('active','paused','completed','failed','stalled','archived')),
+  status TEXT NOT NULL CHECK (status IN ('active','paused','completed','failed','stalled','archived',
+                                         'awaiting_input')),
   last_heartbeat INTEGER NOT NULL,
   current_task_id TEXT,
   started_at INTEGER NOT NULL,
@@ -25,13 +26,19 @@ CREATE TABLE sessions (
   heartbeat_timeout_s INTEGER NOT NULL,
   deadline_at INTEGER NOT NULL,
   sweep_at INTEGER NOT NULL,
-  epoch INTEGER NOT NULL
+  epoch INTEGER NOT NULL,
+  directive TEXT NOT NULL CHECK (directive IN ('continue','pause','stop')),
+  directive_reason TEXT,
+  input_timeout_s INTEGER,
+  awaiting_since INTEGER,
+  escalated_at INTEGER
 ) STRICT;
 CREATE INDEX sessions_status_created ON sessions(status, created_at);
 CREATE INDEX sessions_created ON sessions(created_at);
 CREATE INDEX sessions_project ON sessions(project_id, status);
 CREATE INDEX sessions_machine ON sessions(machine_id, status);
-CREATE INDEX sessions_active_sweep ON sessions(sweep_at) WHERE status = 'active';
+CREATE INDEX sessions_active_sweep ON sessions(sweep_at)
+  WHERE status IN ('active','awaiting_input');
 CREATE INDEX sessions_terminal_completed ON sessions(completed_at)
   WHERE status IN ('completed','failed');
 CREATE INDEX sessions_archived_updated ON sessions(updated_at) WHERE status = 'archived';
@@ -84,6 +91,12 @@ CREATE TABLE events (
 ) STRICT;
 CREATE INDEX events_session ON events(session_id, seq) WHERE session_id <> '';
 CREATE INDEX events_occurred ON events(occurred_at);
+
+-- Small shared state of the service itself (open incidents, the last time it was alive).
+CREATE TABLE meta (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+) STRICT;
 
 CREATE TABLE api_keys (
   id INTEGER PRIMARY KEY,

@@ -34,7 +34,8 @@ namespace {
 constexpr const char* session_cols =
     "oid, session_id, project_id, machine_id, docker_slot, status, last_heartbeat, "
     "current_task_id, started_at, completed_at, metadata, created_at, updated_at, "
-    "heartbeat_timeout_s, deadline_at, sweep_at, epoch";
+    "heartbeat_timeout_s, deadline_at, sweep_at, epoch, directive, directive_reason, "
+    "input_timeout_s, awaiting_since, escalated_at";
 
 session read_session(const statement& st) {
   session s;
@@ -55,6 +56,11 @@ session read_session(const statement& st) {
   s.deadline_at = {st.col_int(14)};
   s.sweep_at = {st.col_int(15)};
   s.epoch = st.col_int(16);
+  s.dir = core::parse_directive(st.col_view(17)).value_or(core::directive::continue_);
+  s.directive_reason = st.col_opt_text(18);
+  if (auto v = st.col_opt_int(19)) s.input_timeout_s = static_cast<int>(*v);
+  if (auto v = st.col_opt_int(20)) s.awaiting_since = core::timestamp{*v};
+  if (auto v = st.col_opt_int(21)) s.escalated_at = core::timestamp{*v};
   return s;
 }
 
@@ -63,7 +69,7 @@ std::optional<std::int64_t> opt_ms(const std::optional<core::timestamp>& t) {
   return t->ms;
 }
 
-// Binds the 17 session columns starting at index `first`, in session_cols order.
+// Binds the 22 session columns starting at index `first`, in session_cols order.
 void bind_session(statement& st, const session& s, int first) {
   int i = first;
   st.bind(i++, s.oid)
@@ -82,7 +88,12 @@ void bind_session(statement& st, const session& s, int first) {
       .bind(i++, static_cast<std::int64_t>(s.heartbeat_timeout_s))
       .bind(i++, s.deadline_at.ms)
       .bind(i++, s.sweep_at.ms)
-      .bind(i++, s.epoch);
+      .bind(i++, s.epoch)
+      .bind(i++, core::to_string(s.dir))
+      .bind(i++, s.directive_reason)
+      .bind(i++, s.input_timeout_s ? std::optional<std::int64_t>(*s.input_timeout_s) : std::nullopt)
+      .bind(i++, opt_ms(s.awaiting_since))
+      .bind(i++, opt_ms(s.escalated_at));
 }
 
 constexpr const char* task_cols =
@@ -198,6 +209,19 @@ core::key_role parse_role(std::string_view s) {
   if (s == "admin") return core::key_role::admin;
   if (s == "write") return core::key_role::write;
   return core::key_role::read;
+}
+
+core::event read_event(const statement& st) {
+  core::event e;
+  e.seq = st.col_int(0);
+  e.type = st.col_text(1);
+  e.occurred_at = {st.col_int(2)};
+  e.project_id = st.col_text(3);
+  e.session_id = st.col_text(4);
+  e.task_id = st.col_text(5);
+  e.machine_id = st.col_text(6);
+  e.data = st.col_text(7);
+  return e;
 }
 
 constexpr const char* key_cols =
@@ -343,7 +367,9 @@ class ops final : public write_txn {
     std::string sql = std::string("SELECT ") + session_cols + " FROM sessions";
     // The stall sweep must be a range scan over the partial sweep index (O(due)); the
     // planner would otherwise pick the status index and sort every active session.
-    if (f.sweep_before && f.statuses.bits == status_set::of({core::session_status::active}).bits) {
+    if (f.sweep_before && f.statuses.bits == status_set::of({core::session_status::active,
+                                                             core::session_status::awaiting_input})
+                                                 .bits) {
       sql += " INDEXED BY sessions_active_sweep";
     }
     sql += w.sql;
@@ -452,19 +478,42 @@ class ops final : public write_txn {
         "FROM events WHERE seq > ? ORDER BY seq LIMIT ?");
     st.bind(1, after).bind(2, limit);
     std::vector<core::event> out;
-    while (st.step()) {
-      core::event e;
-      e.seq = st.col_int(0);
-      e.type = st.col_text(1);
-      e.occurred_at = {st.col_int(2)};
-      e.project_id = st.col_text(3);
-      e.session_id = st.col_text(4);
-      e.task_id = st.col_text(5);
-      e.machine_id = st.col_text(6);
-      e.data = st.col_text(7);
-      out.push_back(std::move(e));
-    }
+    while (st.step())
+      out.push_back(read_event(st));
     return out;
+  }
+
+  std::vector<core::event> session_events(std::string_view session_id, std::int64_t after,
+                                          std::int64_t limit) override {
+    auto st = c_.prepare(
+        "SELECT seq, type, occurred_at, project_id, session_id, task_id, machine_id, data "
+        "FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?");
+    st.bind(1, session_id).bind(2, after).bind(3, limit);
+    std::vector<core::event> out;
+    while (st.step())
+      out.push_back(read_event(st));
+    return out;
+  }
+
+  std::optional<std::string> get_meta(std::string_view key) override {
+    auto st = c_.prepare("SELECT value FROM meta WHERE key = ?");
+    st.bind(1, key);
+    if (!st.step()) return std::nullopt;
+    return st.col_text(0);
+  }
+
+  void put_meta(std::string_view key, std::string_view value) override {
+    auto st = c_.prepare(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT (key) DO UPDATE SET value = excluded.value");
+    st.bind(1, key).bind(2, value);
+    st.exec();
+  }
+
+  void delete_meta(std::string_view key) override {
+    auto st = c_.prepare("DELETE FROM meta WHERE key = ?");
+    st.bind(1, key);
+    st.exec();
   }
 
   std::int64_t last_event_seq() override {
@@ -477,7 +526,7 @@ class ops final : public write_txn {
 
   void insert_session(const session& s) override {
     static const std::string sql = std::string("INSERT INTO sessions (") + session_cols +
-                                   ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+                                   ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     auto st = c_.prepare(sql);
     bind_session(st, s, 1);
     st.exec();
@@ -488,10 +537,11 @@ class ops final : public write_txn {
         "UPDATE sessions SET oid=?, session_id=?, project_id=?, machine_id=?, docker_slot=?, "
         "status=?, last_heartbeat=?, current_task_id=?, started_at=?, completed_at=?, "
         "metadata=?, created_at=?, updated_at=?, heartbeat_timeout_s=?, deadline_at=?, sweep_at=?, "
-        "epoch=? WHERE session_id = ?";
+        "epoch=?, directive=?, directive_reason=?, input_timeout_s=?, awaiting_since=?, "
+        "escalated_at=? WHERE session_id = ?";
     auto st = c_.prepare(sql);
     bind_session(st, s, 1);
-    st.bind(18, s.session_id);
+    st.bind(23, s.session_id);
     return st.exec() > 0;
   }
 

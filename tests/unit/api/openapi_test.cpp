@@ -279,7 +279,7 @@ TEST_F(OpenApiTest, DefinesEveryResponseSchemaTheApiUses) {
       }
     }
   }
-  EXPECT_EQ(schemas.at("SessionStatus").at("enum").as_array().size(), 6U);
+  EXPECT_EQ(schemas.at("SessionStatus").at("enum").as_array().size(), 7U);
   EXPECT_EQ(schemas.at("TaskStatus").at("enum").as_array().size(), 5U);
   EXPECT_EQ(schemas.at("MachineStatus").at("enum").as_array().size(), 3U);
   const auto& session = schemas.at("Session").at("properties").as_object();

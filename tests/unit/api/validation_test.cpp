@@ -49,7 +49,7 @@ TEST(Validation, TypeMessagesUseTheContractWording) {
   EXPECT_EQ(errors_of(schemas::update_session, R"({"status":"running"})"),
             std::vector<std::string>{
                 "status must be one of the following values: active, paused, completed, failed, "
-                "stalled, archived"});
+                "stalled, archived, awaiting_input"});
   EXPECT_EQ(errors_of(schemas::update_session, R"({"last_heartbeat":"yesterday"})"),
             std::vector<std::string>{"last_heartbeat must be a valid ISO 8601 date string"});
 }

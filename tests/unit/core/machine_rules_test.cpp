@@ -230,14 +230,14 @@ TEST_F(MachineServiceTest, OfflineSweepIsStrictAndLeavesMaintenanceAlone) {
   EXPECT_TRUE(none.empty());  // exactly at the cutoff: not strictly older
   auto gone = run_sync(machines_.sweep_offline(t0 + 10'001, 10'000));
   ASSERT_EQ(gone.size(), 1U);
-  EXPECT_EQ(gone[0].machine_id, "a");
-  EXPECT_EQ(gone[0].status, machine_status::offline);
-  EXPECT_EQ(gone[0].updated_at, t0 + 10'001);
+  EXPECT_EQ(gone[0].m.machine_id, "a");
+  EXPECT_EQ(gone[0].m.status, machine_status::offline);
+  EXPECT_EQ(gone[0].m.updated_at, t0 + 10'001);
   EXPECT_EQ(events().size(), n + 1);
   EXPECT_EQ(events().back().type, "machine.offline");
   gone = run_sync(machines_.sweep_offline(t0 + 60'000, 10'000));
   ASSERT_EQ(gone.size(), 1U);
-  EXPECT_EQ(gone[0].machine_id, "b");
+  EXPECT_EQ(gone[0].m.machine_id, "b");
   EXPECT_EQ(run_sync(machines_.get("maint")).value().status, machine_status::maintenance);
   EXPECT_TRUE(run_sync(machines_.sweep_offline(t0 + 120'000, 10'000)).empty());
 }
