@@ -82,6 +82,7 @@ class sqlite_store final : public store {
   std::condition_variable cv_;  // wakes the writer
   std::vector<job*> queue_;
   bool stopping_ = false;
+  bool wake_pending_ = false;  // a deferred writer wake-up is posted to an I/O thread
   std::thread writer_;
 
   std::mutex cb_mu_;
