@@ -134,6 +134,30 @@ boost::asio::awaitable<std::optional<principal>> key_verifier::verify(std::strin
   co_return principal{key->prefix, key->role, key->id};
 }
 
+boost::asio::awaitable<bool> key_verifier::still_valid(const principal& who) {
+  if (who.db_id == 0) co_return true;
+  const std::int64_t now = clock_.now().ms;
+  std::optional<api_key> key;
+  bool hit = false;
+  {
+    std::lock_guard lk(mu_);
+    auto it = cache_.find(who.key_id);
+    if (it != cache_.end() && now - it->second.fetched_ms < cache_ttl_ms) {
+      key = it->second.key;
+      hit = true;
+    }
+  }
+  if (!hit) {
+    const std::string prefix = who.key_id;
+    auto lookup = [&prefix](storage::read_view& v) { return v.find_api_key(prefix); };
+    key = co_await storage::read(store_, std::move(lookup));
+    std::lock_guard lk(mu_);
+    if (cache_.size() >= cache_max) cache_.clear();
+    cache_[prefix] = cached{key, now};
+  }
+  co_return key && key->id == who.db_id && !key->revoked_at;
+}
+
 std::pair<std::string, api_key> create_api_key(storage::store& store, std::string name,
                                                key_role role, timestamp now) {
   std::string plain = generate_api_key();

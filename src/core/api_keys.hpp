@@ -44,6 +44,9 @@ class key_verifier {
   // The principal for a presented key, or nullopt when it is unknown or revoked.
   boost::asio::awaitable<std::optional<principal>> verify(std::string_view presented);
   bool has_env_keys() const { return !env_hashes_.empty(); }
+  // Whether the key behind a principal is still valid (open streams re-check it; environment
+  // keys are valid for the life of the process).
+  boost::asio::awaitable<bool> still_valid(const principal& who);
   // Drops cached database keys (after `keys revoke` in this process, for example).
   void invalidate();
 

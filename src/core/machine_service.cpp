@@ -198,8 +198,9 @@ boost::asio::awaitable<result<machine>> machine_service::get(std::string id) {
 // storage-level empty-string checks.
 boost::asio::awaitable<result<machine>> machine_service::register_machine(
     register_machine_input in) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<machine> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     if (tx.get_machine(in.machine_id)) {
       return make_error(errc::conflict, "Machine with ID " + in.machine_id + " already exists");
     }
@@ -227,8 +228,9 @@ boost::asio::awaitable<result<machine>> machine_service::register_machine(
 // PUT /machines/:id — any status, metadata replaced, last_heartbeat := now on every call.
 boost::asio::awaitable<result<machine>> machine_service::update(std::string id,
                                                                 update_machine_input in) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<machine> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_machine(id);
     if (!found) return machine_not_found(id);
     machine m = std::move(*found);
@@ -256,8 +258,9 @@ boost::asio::awaitable<result<machine>> machine_service::update(std::string id,
 
 // DELETE /machines/:id — offline, nothing else; repeatable.
 boost::asio::awaitable<result<machine>> machine_service::deregister(std::string id) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<machine> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_machine(id);
     if (!found) return machine_not_found(id);
     machine m = std::move(*found);
@@ -274,8 +277,9 @@ boost::asio::awaitable<result<machine>> machine_service::deregister(std::string 
 // cannot happen because the whole check-and-append is one serialised transaction.
 boost::asio::awaitable<result<machine>> machine_service::assign_session(
     std::string id, std::string session_id, std::optional<double> docker_slot) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<machine> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_machine(id);
     if (!found) return machine_not_found(id);
     machine m = std::move(*found);
@@ -331,8 +335,9 @@ boost::asio::awaitable<result<machine>> machine_service::assign_session(
 // POST /machines/:id/release-session — the session itself is neither looked up nor changed.
 boost::asio::awaitable<result<machine>> machine_service::release_session(
     std::string id, std::string session_id, std::optional<std::int64_t> epoch) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<machine> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_machine(id);
     if (!found) return machine_not_found(id);
     machine m = std::move(*found);

@@ -88,6 +88,15 @@ struct event {
 
 enum class key_role { admin, write, read };
 
+// A short-lived, single-use ticket that opens one event stream on behalf of an API key.
+struct stream_ticket {
+  std::string hash;  // SHA-256 of the ticket; the ticket itself is never stored
+  std::string key_id;
+  std::int64_t key_db_id = 0;
+  key_role role = key_role::read;
+  timestamp expires_at;
+};
+
 struct api_key {
   std::int64_t id = 0;
   std::string prefix;  // first characters of the key, used to find the row; not secret

@@ -200,8 +200,9 @@ boost::asio::awaitable<std::vector<session>> session_service::list(session_list_
 
 // PUT /sessions/:id — no transition rules (contract §4.2.4).
 task_of<session> session_service::update(std::string id, update_session_input in) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -237,8 +238,9 @@ task_of<session> session_service::update(std::string id, update_session_input in
 
 // DELETE /sessions/:id — completed from any status.
 task_of<session> session_service::soft_delete(std::string id) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -355,8 +357,9 @@ task_of<failure_info_data> session_service::failure_info(std::string id) {
 // POST /sessions/:id/mark-failed
 task_of<session> session_service::mark_failed(std::string id, std::string reason,
                                               std::optional<json::object> error_details) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -380,8 +383,9 @@ task_of<session> session_service::mark_failed(std::string id, std::string reason
 
 // POST /sessions/:id/mark-stalled
 task_of<session> session_service::mark_stalled(std::string id, std::string reason) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -404,8 +408,9 @@ task_of<session> session_service::mark_stalled(std::string id, std::string reaso
 
 // POST /sessions/:id/archive
 task_of<session> session_service::archive(std::string id) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -430,8 +435,9 @@ task_of<purge_outcome> session_service::purge(std::string id, bool confirm) {
     co_return make_error(errc::bad_request,
                          "Confirmation required to permanently delete session. Set confirm=true.");
   }
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<purge_outcome> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     if (!is_terminal_for_archive(found->status)) {
@@ -536,8 +542,9 @@ boost::asio::awaitable<std::vector<session>> session_service::recoverable(recove
 
 // POST /sessions/:id/prepare-recovery — appends a checkpoint, keeps every other recovery key.
 task_of<prepare_recovery_outcome> session_service::prepare_recovery(std::string id) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<prepare_recovery_outcome> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -582,8 +589,9 @@ task_of<prepare_recovery_outcome> session_service::prepare_recovery(std::string 
 
 // POST /sessions/:id/recover — order: session 404, completed 400, task 404/400, attempts 400.
 task_of<session> session_service::recover(std::string id, recover_input in) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -782,8 +790,9 @@ task_of<mass_stall_incident> session_service::clear_incident() {
 // POST /sessions/:id/directive
 task_of<session> session_service::set_directive(std::string id, directive d,
                                                 std::optional<std::string> reason) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_session(id);
     if (!found) return session_not_found(id);
     session s = std::move(*found);
@@ -812,8 +821,9 @@ task_of<std::vector<event>> session_service::events_of(std::string id, std::int6
 // are completed/failed tasks past it.
 boost::asio::awaitable<std::int64_t> session_service::apply_retention(timestamp completed_before,
                                                                       std::int64_t batch) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<std::int64_t> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     session_filter f;
     f.statuses = status_set::of({session_status::completed, session_status::failed});
     f.completed_before = completed_before;
@@ -839,8 +849,9 @@ boost::asio::awaitable<std::int64_t> session_service::apply_retention(timestamp 
 
 boost::asio::awaitable<std::int64_t> session_service::auto_archive(timestamp completed_before,
                                                                    std::int64_t batch) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<std::int64_t> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     session_filter f;
     f.statuses = status_set::of({session_status::completed, session_status::failed});
     f.completed_before = completed_before;

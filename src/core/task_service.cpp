@@ -100,8 +100,9 @@ std::int64_t completion_percentage(std::int64_t completed, std::int64_t total) {
 
 // POST /tasks — session 404 first (even for ""), then the storage-level empty-string checks.
 boost::asio::awaitable<result<task>> task_service::create(create_task_input in) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto parent = tx.get_session(in.session_id);
     if (!parent) return session_not_found(in.session_id);
     if (in.epoch && *in.epoch != parent->epoch) return stale_epoch(*parent, *in.epoch);
@@ -148,8 +149,9 @@ boost::asio::awaitable<std::vector<task>> task_service::list(task_list_query q) 
 
 // PUT /tasks/:id — the transition table; the session's current_task_id is not touched.
 boost::asio::awaitable<result<task>> task_service::update(std::string id, update_task_input in) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
@@ -180,8 +182,9 @@ boost::asio::awaitable<result<task>> task_service::update(std::string id, update
 
 // DELETE /tasks/:id — completed from any status; the session's current task stays.
 boost::asio::awaitable<result<task>> task_service::soft_delete(std::string id) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
@@ -198,8 +201,9 @@ boost::asio::awaitable<result<task>> task_service::soft_delete(std::string id) {
 // POST /tasks/:id/start — task 404, status 400, session 404, then task and session together.
 boost::asio::awaitable<result<task>> task_service::start(std::string id,
                                                          std::optional<std::int64_t> epoch) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
@@ -225,8 +229,9 @@ boost::asio::awaitable<result<task>> task_service::start(std::string id,
 // POST /tasks/:id/complete
 boost::asio::awaitable<result<task>> task_service::complete(std::string id,
                                                             std::optional<std::int64_t> epoch) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);
@@ -250,8 +255,9 @@ boost::asio::awaitable<result<task>> task_service::complete(std::string id,
 // POST /tasks/:id/fail
 boost::asio::awaitable<result<task>> task_service::fail(std::string id, std::string error_message,
                                                         std::optional<std::int64_t> epoch) {
-  const timestamp now = clock_.now();
   auto fn = [&](write_txn& tx) -> result<task> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
     auto found = tx.get_task(id);
     if (!found) return task_not_found(id);
     task t = std::move(*found);

@@ -320,3 +320,40 @@ assert len(PROTECTED_ROUTES) == 41
 def concrete(path, value="no-such-id"):
     """Fill every :param of a contract path with `value`."""
     return re.sub(r":[A-Za-z]+", value, path)
+
+
+# --- event timelines ---------------------------------------------------------------------------
+
+def session_events(c, sid, page=1000):
+    """The whole timeline of a session (GET /sessions/:id/events, every page), oldest first."""
+    out = []
+    after = 0
+    while True:
+        b = expect(c.get(f"/sessions/{sid}/events", params={"after": after, "limit": page}), 200)
+        out.extend(b["events"])
+        if not b["events"]:
+            return out
+        after = b["next_after"]
+
+
+def db_events(db_path, types=None):
+    """Events straight from the SQLite outbox (read-only; safe while the server runs).
+
+    The only way to see global events (incident.*, machine.offline) that belong to no session.
+    Returns dicts with seq, type, occurred_at (ms), session_id, machine_id and parsed data."""
+    import json
+    uri = "file:" + str(db_path) + "?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=10)
+    try:
+        rows = conn.execute(
+            "SELECT seq, type, occurred_at, session_id, machine_id, data FROM events ORDER BY seq"
+        ).fetchall()
+    finally:
+        conn.close()
+    out = []
+    for seq, typ, occ, sid, mid, data in rows:
+        if types is not None and typ not in types:
+            continue
+        out.append({"seq": seq, "type": typ, "occurred_at": occ, "session_id": sid,
+                    "machine_id": mid, "data": json.loads(data) if data else None})
+    return out
