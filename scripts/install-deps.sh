@@ -11,6 +11,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-pytest python3-requests python3-websockets
   curl ca-certificates wrk
+  prometheus
 )
 
 missing=()

@@ -4,6 +4,8 @@
 #   2. storage conformance suite                         ctest -L storage
 #   3. black-box API suite against the real binary       pytest tests/api
 #   4. the same unit and API suites in an address + undefined-behaviour sanitizer build
+# and, before building, checks the Prometheus alert rules (promtool) and the Grafana dashboard's
+# queries; tests/api/test_monitoring.py checks both against the metrics the server exports.
 # Set ST_SKIP_ASAN=1 to skip phase 4 while iterating locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,23 @@ phase "dependencies"
 ./scripts/install-deps.sh
 
 jobs=$(nproc)
+
+phase "alert rules and dashboard (promtool)"
+promtool check rules deploy/prometheus/alerts.yml
+(cd deploy/prometheus && promtool test rules alerts_test.yml)
+# Every dashboard query must parse: check them as recording rules, Grafana variables filled in.
+dash_rules=$(mktemp --suffix=.yml)
+"$PY" - deploy/grafana/statetrack-dashboard.json >"$dash_rules" <<'PYEOF'
+import json, sys
+d = json.load(open(sys.argv[1]))
+print("groups:\n  - name: dashboard\n    rules:")
+for p in d["panels"]:
+    for i, t in enumerate(p.get("targets", [])):
+        e = t["expr"].replace("$__rate_interval", "5m").replace("$instance", ".*")
+        print(f"      - record: dashboard:panel{p['id']}:{i}\n        expr: {json.dumps(e)}")
+PYEOF
+promtool check rules "$dash_rules"
+rm -f "$dash_rules"
 
 phase "debug build"
 cmake --preset debug >/dev/null

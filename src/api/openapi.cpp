@@ -555,6 +555,14 @@ constexpr std::string_view response_components_json = R"json({
   "type": "string",
   "description": "Prometheus text exposition format 0.0.4."
 },
+"LogLevel": {
+  "type": "object",
+  "description": "The minimum level of this process's log lines (GET/PUT /admin/log-level).",
+  "required": ["level"],
+  "properties": {
+    "level": {"type": "string", "enum": ["debug", "info", "warn", "error"]}
+  }
+},
 "ErrorEnvelope": {
   "type": "object",
   "description": "Every error response (contract §1.7.3).",

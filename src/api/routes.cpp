@@ -9,6 +9,7 @@ void register_all(http::router& r) {
   register_task_routes(r);
   register_machine_routes(r);
   register_metrics_routes(r);
+  register_admin_routes(r);
   register_incident_routes(r);
   register_docs_routes(r);
 }

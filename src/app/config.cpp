@@ -1,6 +1,7 @@
 // The options table and its three sources.
 #include "app/config.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <fstream>
@@ -50,6 +51,48 @@ std::string set_bool(bool& field, const std::string& v) {
   return {};
 }
 
+// A comma-separated list of exact origins ("https://app.example.com:8443"), or "*".
+std::string set_origins(std::vector<std::string>& out, const std::string& v) {
+  std::vector<std::string> items;
+  std::stringstream ss(v);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    auto b = item.find_first_not_of(" \t");
+    if (b == std::string::npos) continue;
+    auto e = item.find_last_not_of(" \t");
+    item = item.substr(b, e - b + 1);
+    if (item != "*") {
+      auto sep = item.find("://");
+      const std::string scheme = sep == std::string::npos ? "" : item.substr(0, sep);
+      const std::string rest = sep == std::string::npos ? "" : item.substr(sep + 3);
+      if ((scheme != "http" && scheme != "https") || rest.empty() ||
+          rest.find_first_of("/?#@ ") != std::string::npos) {
+        return "'" + item + "' is not an origin (scheme://host[:port], no path or trailing slash)";
+      }
+    }
+    items.push_back(item);
+  }
+  if (items.size() > 1 && std::find(items.begin(), items.end(), "*") != items.end()) {
+    return std::string("'*' cannot be combined with other origins");
+  }
+  out = std::move(items);
+  return {};
+}
+
+// Checks between options, after every source was applied.
+std::string cross_check(const config& c) {
+  if (c.tls_cert.empty() != c.tls_key.empty()) {
+    return c.tls_cert.empty() ? "--tls-key needs --tls-cert" : "--tls-cert needs --tls-key";
+  }
+  if (c.redirect_port != 0 && c.tls_cert.empty()) {
+    return "--redirect-port needs --tls-cert and --tls-key (it redirects to HTTPS)";
+  }
+  if (c.redirect_port != 0 && c.redirect_port == c.port) {
+    return "--redirect-port must differ from --port";
+  }
+  return {};
+}
+
 #define ST_INT(member, lo, hi) \
   [](config& c, const std::string& v) { return set_int(c.member, v, lo, hi); }
 
@@ -71,6 +114,31 @@ const std::vector<option_def>& table() {
        "TCP port; 0 picks a free port",
        false,
        ST_INT(port, 0, 65535)},
+      {"tls-cert",
+       {"STATETRACK_TLS_CERT"},
+       "",
+       "PEM certificate chain; with --tls-key the listener speaks HTTPS only (TLS 1.2+)",
+       false,
+       [](config& c, const std::string& v) {
+         c.tls_cert = v;
+         return std::string();
+       }},
+      {"tls-key",
+       {"STATETRACK_TLS_KEY"},
+       "",
+       "PEM private key of --tls-cert",
+       false,
+       [](config& c, const std::string& v) {
+         c.tls_key = v;
+         return std::string();
+       }},
+      {"redirect-port",
+       {"STATETRACK_REDIRECT_PORT"},
+       "0",
+       "With TLS: also listen for plain HTTP on this port and answer every request with 308 to "
+       "the HTTPS URL; 0 = off",
+       false,
+       ST_INT(redirect_port, 0, 65535)},
       {"db",
        {"STATETRACK_DB"},
        "./var/statetrack.db",
@@ -142,6 +210,20 @@ const std::vector<option_def>& table() {
        "Rate-limit window in milliseconds",
        false,
        ST_INT(rate_limit_window_ms, 1, big)},
+      {"cors-origins",
+       {"STATETRACK_CORS_ORIGINS"},
+       "",
+       "Comma-separated origins (scheme://host[:port]) allowed cross-origin access; empty = none, "
+       "* = any",
+       false,
+       [](config& c, const std::string& v) { return set_origins(c.cors_origins, v); }},
+      {"auth-failure-limit",
+       {"STATETRACK_AUTH_FAILURE_LIMIT"},
+       "20",
+       "Failed authentications (401) per client address per minute after which its requests to "
+       "authenticated routes get 429 for a minute; 0 disables",
+       false,
+       ST_INT(auth_failure_limit, 0, big)},
       {"request-timeout-ms",
        {"STATETRACK_REQUEST_TIMEOUT_MS", "REQUEST_TIMEOUT_MS"},
        "30000",
@@ -386,6 +468,11 @@ parse_outcome parse_serve_args(const std::vector<std::string>& args) {
     }
   }
   if (auto err = apply_values(c, cli); !err.empty()) {
+    std::cerr << "statetrack serve: " << err << "\n";
+    out.exit_code = 2;
+    return out;
+  }
+  if (auto err = cross_check(c); !err.empty()) {
     std::cerr << "statetrack serve: " << err << "\n";
     out.exit_code = 2;
     return out;

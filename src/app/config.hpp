@@ -13,6 +13,9 @@ namespace statetrack::app {
 struct config {
   std::string host = "0.0.0.0";
   std::int64_t port = 3000;
+  std::string tls_cert;            // PEM certificate chain; with tls_key: HTTPS only
+  std::string tls_key;             // PEM private key
+  std::int64_t redirect_port = 0;  // plain listener answering 308 to https; 0 = off
   std::string db = "./var/statetrack.db";
   std::int64_t threads = 0;  // 0 = one per available core
   std::vector<std::string> api_keys;
@@ -21,6 +24,8 @@ struct config {
   std::int64_t rate_limit_default = 100;
   std::int64_t rate_limit_heartbeat = 120;
   std::int64_t rate_limit_window_ms = 60000;
+  std::vector<std::string> cors_origins;  // empty: no cross-origin access; "*": any origin
+  std::int64_t auth_failure_limit = 20;   // 401s per address per minute before 429; 0 = off
   std::int64_t request_timeout_ms = 30000;
   std::int64_t max_body_bytes = 100 * 1024;
   std::int64_t max_header_bytes = 16 * 1024;

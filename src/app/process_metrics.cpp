@@ -37,6 +37,16 @@ void register_process_metrics(obs::registry& metrics, storage::store& store) {
                          return std::vector<std::pair<obs::labels, double>>{
                              {{}, static_cast<double>(store.stats().failed_commits)}};
                        });
+  metrics.add_callback("statetrack_ready", "1 when the database answers a ping, else 0", "gauge",
+                       [&store] {
+                         bool ok = false;
+                         try {
+                           ok = store.ping().has_value();
+                         } catch (const std::exception&) {
+                           ok = false;
+                         }
+                         return std::vector<std::pair<obs::labels, double>>{{{}, ok ? 1.0 : 0.0}};
+                       });
   metrics.add_callback("process_resident_memory_bytes", "Resident memory size", "gauge", [] {
     return std::vector<std::pair<obs::labels, double>>{
         {{}, static_cast<double>(obs::read_process().rss_bytes)}};

@@ -23,6 +23,7 @@
 #include "http/pipeline.hpp"
 #include "http/router.hpp"
 #include "http/server.hpp"
+#include "http/tls.hpp"
 #include "jobs/scheduler.hpp"
 #include "obs/logger.hpp"
 #include "obs/metrics.hpp"
@@ -53,6 +54,18 @@ int serve(const config& cfg) {
   obs::logger log(lvl,
                   cfg.log_format == "pretty" ? obs::log_format::pretty : obs::log_format::json);
   obs::registry metrics;
+
+  // TLS first: a bad certificate stops the start before anything is created.
+  std::shared_ptr<asio::ssl::context> tls;
+  if (!cfg.tls_cert.empty()) {
+    try {
+      tls = http::make_server_tls_context(cfg.tls_cert, cfg.tls_key);
+    } catch (const std::exception& e) {
+      log.flush();
+      std::cerr << "statetrack serve: cannot load the TLS certificate: " << e.what() << "\n";
+      return 2;
+    }
+  }
 
   std::unique_ptr<storage::sqlite::sqlite_store> store;
   try {
@@ -131,6 +144,8 @@ int serve(const config& cfg) {
   po.rate_limit_default = cfg.rate_limit_default;
   po.rate_limit_heartbeat = cfg.rate_limit_heartbeat;
   po.rate_limit_window_ms = cfg.rate_limit_window_ms;
+  po.cors_origins = cfg.cors_origins;
+  po.auth_failure_limit = cfg.auth_failure_limit;
   http::pipeline pipe(router, svc, po);
 
   http::server_options hso;
@@ -141,6 +156,7 @@ int serve(const config& cfg) {
   hso.idle_timeout = std::chrono::seconds(cfg.idle_timeout_s);
   hso.read_timeout = std::chrono::seconds(std::max<std::int64_t>(1, cfg.request_timeout_ms / 1000));
   hso.max_connections = static_cast<std::size_t>(cfg.max_connections);
+  hso.tls = tls.get();
   http::server srv(context_ptrs, pipe, hso, log, metrics);
   asio::ip::tcp::endpoint ep;
   try {
@@ -151,25 +167,69 @@ int serve(const config& cfg) {
               << e.what() << "\n";
     return 2;
   }
+  // Optional plain listener whose only answer is a 308 to the HTTPS listener.
+  std::unique_ptr<http::server> redirect;
+  asio::ip::tcp::endpoint redirect_ep;
+  if (cfg.redirect_port != 0) {
+    http::server_options rso = hso;
+    rso.tls = nullptr;
+    rso.port = static_cast<std::uint16_t>(cfg.redirect_port);
+    rso.redirect_to_https_port = ep.port();
+    rso.metrics_listener = "redirect";
+    redirect = std::make_unique<http::server>(context_ptrs, pipe, rso, log, metrics);
+    try {
+      redirect_ep = redirect->listen();
+    } catch (const std::exception& e) {
+      log.flush();
+      std::cerr << "statetrack serve: cannot listen on " << cfg.host << ":" << cfg.redirect_port
+                << " (--redirect-port): " << e.what() << "\n";
+      return 2;
+    }
+  }
+  // Signal handlers are installed before the ready line, so a signal sent as soon as the
+  // line appears is never fatal. SIGTERM/SIGINT drain (below); SIGUSR1 / SIGUSR2 make logging
+  // one step more / less verbose, without a restart.
+  asio::signal_set signals(ioc, SIGTERM, SIGINT);
+  asio::signal_set level_signals(ioc, SIGUSR1, SIGUSR2);
+  std::function<void()> wait_level_signal = [&] {
+    level_signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+      if (ec) return;
+      const obs::level now = log.get_level();
+      log.change_level(sig == SIGUSR1 ? obs::more_verbose(now) : obs::less_verbose(now),
+                       sig == SIGUSR1 ? "SIGUSR1" : "SIGUSR2");
+      wait_level_signal();
+    });
+  };
+  wait_level_signal();
+
   srv.start();
+  if (redirect) redirect->start();
   scheduler.start();
   {
     obs::fields f;
     f.add("version", svc.version)
         .add("db", cfg.db)
         .add("threads", static_cast<std::int64_t>(io_threads))
-        .add("background_jobs", !cfg.disable_background_jobs);
+        .add("background_jobs", !cfg.disable_background_jobs)
+        .add("tls", tls != nullptr);
     log.info("App", "statetrack starting", &f);
   }
   log.print_line("statetrack listening on " + ep.address().to_string() + ":" +
-                 std::to_string(ep.port()));
+                 std::to_string(ep.port()) + (tls ? " (https)" : ""));
+  if (redirect) {
+    log.print_line("statetrack redirecting http on " + redirect_ep.address().to_string() + ":" +
+                   std::to_string(redirect_ep.port()) + " to https port " +
+                   std::to_string(ep.port()));
+  }
 
   // SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded), then stop.
-  asio::signal_set signals(ioc, SIGTERM, SIGINT);
   asio::steady_timer drain_timer(ioc);
   auto deadline = std::chrono::steady_clock::now();
+  auto open_connections = [&] {
+    return srv.connections() + (redirect ? redirect->connections() : 0);
+  };
   std::function<void()> poll_drain = [&] {
-    if (srv.connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
+    if (open_connections() == 0 || std::chrono::steady_clock::now() >= deadline) {
       for (auto& c : contexts)
         c->stop();
       return;
@@ -184,6 +244,7 @@ int serve(const config& cfg) {
     log.info("App", "shutting down: draining connections", &f);
     scheduler.stop();
     srv.begin_drain();
+    if (redirect) redirect->begin_drain();
     deadline = std::chrono::steady_clock::now() + std::chrono::seconds(cfg.drain_timeout_s);
     poll_drain();
   });
@@ -201,6 +262,17 @@ int serve(const config& cfg) {
     t.join();
 
   store->close();
+  // Writes still in flight when the contexts stopped (a background job's sweep, say) were
+  // completed by close(); run their completions so the coroutines awaiting them end, instead
+  // of leaking with the stopped contexts. No handler blocks: poll() only runs what is ready.
+  for (int pass = 0; pass < 8; ++pass) {
+    std::size_t ran = 0;
+    for (auto& c : contexts) {
+      c->restart();
+      ran += c->poll();
+    }
+    if (ran == 0) break;
+  }
   log.info("App", "statetrack stopped");
   log.flush();
   return 0;

@@ -74,4 +74,56 @@ std::string_view reason_phrase(unsigned status) {
   }
 }
 
+namespace {
+
+bool is_digit(char c) {
+  return c >= '0' && c <= '9';
+}
+bool is_hex(char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+bool is_name_char(char c) {
+  return is_digit(c) || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '.' || c == '-';
+}
+
+}  // namespace
+
+std::optional<std::string> https_location(std::string_view host, std::string_view target,
+                                          std::uint16_t https_port) {
+  if (host.empty() || host.size() > 255) return std::nullopt;
+  std::string_view name;
+  std::string_view port;
+  if (host.front() == '[') {
+    const auto close = host.find(']');
+    if (close == std::string_view::npos || close == 1) return std::nullopt;
+    for (char c : host.substr(1, close - 1)) {
+      if (!is_hex(c) && c != ':' && c != '.') return std::nullopt;
+    }
+    name = host.substr(0, close + 1);
+    std::string_view rest = host.substr(close + 1);
+    if (!rest.empty() && rest.front() != ':') return std::nullopt;
+    port = rest.empty() ? rest : rest.substr(1);
+  } else {
+    const auto colon = host.find(':');
+    name = host.substr(0, colon);
+    port = colon == std::string_view::npos ? std::string_view{} : host.substr(colon + 1);
+    if (name.empty()) return std::nullopt;
+    for (char c : name) {
+      if (!is_name_char(c)) return std::nullopt;
+    }
+  }
+  for (char c : port) {
+    if (!is_digit(c)) return std::nullopt;
+  }
+  std::string out = "https://";
+  out += name;
+  if (https_port != 443) {
+    out += ':';
+    out += std::to_string(https_port);
+  }
+  // Origin-form targets are kept; anything else (absolute-form, '*') becomes "/".
+  out += target.starts_with('/') ? target : std::string_view("/");
+  return out;
+}
+
 }  // namespace statetrack::http

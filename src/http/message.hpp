@@ -2,6 +2,8 @@
 // few headers the service reads already extracted, so only server.cpp touches Beast.
 #pragma once
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -23,6 +25,7 @@ struct request {
   std::string api_key;        // X-API-Key
   std::string request_id;     // incoming X-Request-Id, if any
   std::string origin;         // Origin
+  std::string host;           // Host (read by the HTTPS redirect listener)
   std::string acr_headers;    // Access-Control-Request-Headers
   std::string last_event_id;  // Last-Event-ID
   std::string client_ip;      // TCP peer address
@@ -43,5 +46,11 @@ struct response {
 };
 
 std::string_view reason_phrase(unsigned status);
+
+// The Location of the HTTPS redirect listener's 308: the request's host (without its port) on
+// `https_port`, same target. nullopt when the Host header is missing or is not a plain host
+// name, IPv4 address or bracketed IPv6 literal with an optional numeric port.
+std::optional<std::string> https_location(std::string_view host, std::string_view target,
+                                          std::uint16_t https_port);
 
 }  // namespace statetrack::http

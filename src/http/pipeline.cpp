@@ -1,6 +1,7 @@
 // Middleware order and error mapping (see pipeline.hpp).
 #include "http/pipeline.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <exception>
@@ -11,6 +12,7 @@
 #include "core/clock.hpp"
 #include "core/error.hpp"
 #include "obs/logger.hpp"
+#include "obs/metrics.hpp"
 #include "obs/request_stats.hpp"
 
 namespace statetrack::http {
@@ -25,6 +27,21 @@ std::string_view extract_key(const request& req) {
   std::string_view auth = req.authorization;
   if (auth.starts_with("Bearer ")) return auth.substr(7);
   return req.api_key;
+}
+
+constexpr std::int64_t auth_failure_window_ms = 60000;
+constexpr std::string_view cors_methods = "GET,HEAD,PUT,PATCH,POST,DELETE";
+
+bool iequal(std::string_view a, std::string_view b) {
+  return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+           auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c + 32) : c; };
+           return lower(x) == lower(y);
+         });
+}
+
+bool has_header(const response& res, std::string_view name) {
+  return std::any_of(res.headers.begin(), res.headers.end(),
+                     [&](const auto& h) { return iequal(h.first, name); });
 }
 
 void set_rate_headers(response& res, const rate_decision& d) {
@@ -49,7 +66,29 @@ bool is_uuid(std::string_view s) {
 }
 
 pipeline::pipeline(const router& r, api::services& svc, pipeline_options opts)
-    : router_(r), svc_(svc), opts_(opts), limiter_(opts.rate_limit_window_ms) {}
+    : router_(r),
+      svc_(svc),
+      opts_(std::move(opts)),
+      limiter_(opts_.rate_limit_window_ms),
+      auth_failures_(auth_failure_window_ms) {
+  cors_any_ = std::find(opts_.cors_origins.begin(), opts_.cors_origins.end(), "*") !=
+              opts_.cors_origins.end();
+  auth_failures_total_ = &svc_.metrics.add_counter(
+      "statetrack_auth_failures_total", "Requests answered 401 (missing or invalid API key)");
+  auth_throttled_total_ =
+      &svc_.metrics.add_counter("statetrack_auth_throttled_total",
+                                "Requests answered 429 because their client address had too many "
+                                "failed authentications");
+}
+
+std::string_view pipeline::allowed_origin(const request& req) const {
+  if (cors_any_) return "*";
+  if (req.origin.empty()) return {};
+  for (const auto& o : opts_.cors_origins) {
+    if (iequal(o, req.origin)) return o;
+  }
+  return {};
+}
 
 boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
   const auto started = std::chrono::steady_clock::now();
@@ -66,11 +105,15 @@ boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
 
   try {
     if (req.verb == method::options) {
-      // CORS preflight, answered before anything else.
+      // CORS preflight, answered before anything else; allow headers only for allowed origins
+      // (Access-Control-Allow-Origin and Vary are added by finish()).
       res.status = 204;
-      res.set_header("Access-Control-Allow-Methods", "GET,HEAD,PUT,PATCH,POST,DELETE");
-      if (!req.acr_headers.empty()) res.set_header("Access-Control-Allow-Headers", req.acr_headers);
-      res.set_header("Vary", "Access-Control-Request-Headers");
+      if (!allowed_origin(req).empty()) {
+        res.set_header("Access-Control-Allow-Methods", std::string(cors_methods));
+        if (!req.acr_headers.empty()) {
+          res.set_header("Access-Control-Allow-Headers", req.acr_headers);
+        }
+      }
     } else {
       match m = router_.find(req.verb, path);
       if (m.r == nullptr) {
@@ -94,6 +137,17 @@ boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
             }
           }
         }
+        if (!blocked && r.authenticated && opts_.auth_failure_limit > 0) {
+          // An address that failed authentication too often is refused even with a valid key.
+          auto d = auth_failures_.peek(0, req.client_ip, now.ms);
+          if (!d.allowed) {
+            blocked = true;
+            auth_throttled_total_->inc();
+            fail(core::make_error(errc::rate_limited,
+                                  "Too many failed authentication attempts; retry later"));
+            res.set_header("Retry-After", std::to_string(d.retry_after_s));
+          }
+        }
         std::optional<core::principal> who;
         if (!blocked && r.authenticated) {
           std::string_view key = extract_key(req);
@@ -103,7 +157,11 @@ boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
             who = co_await svc_.keys.verify(key);
             if (!who) fail(core::make_error(errc::unauthorized, "Invalid API key"));
           }
-          if (who) key_id = who->key_id;
+          if (who) {
+            key_id = who->key_id;
+          } else {
+            note_auth_failure(req.client_ip, now.ms);
+          }
         }
         if (!blocked && (!r.authenticated || who)) {
           if (m.bad_escape) {
@@ -151,12 +209,38 @@ void pipeline::reject(const request& req, unsigned status, std::string message, 
   finish(req, res, request_id, router_.routes().size(), {}, started);
 }
 
+void pipeline::note_auth_failure(const std::string& client_ip, std::int64_t now_ms) {
+  auth_failures_total_->inc();
+  if (opts_.auth_failure_limit <= 0) return;
+  auto d = auth_failures_.record(0, client_ip, opts_.auth_failure_limit, now_ms);
+  if (!d.allowed) {
+    obs::fields f;
+    f.add("client_ip", std::string_view(client_ip))
+        .add("failures", opts_.auth_failure_limit)
+        .add("retry_after_s", d.retry_after_s);
+    svc_.log.warn("HTTP", "client address throttled after repeated failed authentication", &f);
+  }
+}
+
 void pipeline::finish(const request& req, response& res, const std::string& request_id,
                       std::size_t route_index, std::string_view key_id,
                       std::chrono::steady_clock::time_point started) {
   res.set_header("X-Request-Id", request_id);
-  res.set_header("Access-Control-Allow-Origin", "*");
+  if (auto origin = allowed_origin(req); !origin.empty()) {
+    res.set_header("Access-Control-Allow-Origin", std::string(origin));
+  }
+  if (!cors_any_ && !opts_.cors_origins.empty()) {
+    // The answer depends on Origin (allowed or not): caches must keep them apart.
+    res.set_header(
+        "Vary", req.verb == method::options ? "Origin, Access-Control-Request-Headers" : "Origin");
+  } else if (cors_any_ && req.verb == method::options) {
+    res.set_header("Vary", "Access-Control-Request-Headers");
+  }
   res.set_header("X-Content-Type-Options", "nosniff");
+  res.set_header("X-Frame-Options", "DENY");
+  res.set_header("Referrer-Policy", "no-referrer");
+  // API answers are never cached; a handler that sets its own policy (the docs page) keeps it.
+  if (!has_header(res, "Cache-Control")) res.set_header("Cache-Control", "no-store");
   if (res.status == 204) res.body.clear();
 
   std::string_view target = req.target;

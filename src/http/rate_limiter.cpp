@@ -33,14 +33,44 @@ void rate_limiter::expire(bucket& b, std::int64_t now_slot) const {
   b.first_slot = keep_from;
 }
 
-rate_decision rate_limiter::check(std::size_t route_index, std::string_view client,
-                                  std::int64_t limit, std::int64_t now_ms) {
-  rate_decision d;
-  d.limit = limit;
-  if (limit <= 0) return d;
+std::string rate_limiter::key_of(std::size_t route_index, std::string_view client) {
   std::string key = std::to_string(route_index);
   key += '|';
   key += client;
+  return key;
+}
+
+rate_decision rate_limiter::check(std::size_t route_index, std::string_view client,
+                                  std::int64_t limit, std::int64_t now_ms) {
+  return count(route_index, client, limit, limit, now_ms);
+}
+
+rate_decision rate_limiter::record(std::size_t route_index, std::string_view client,
+                                   std::int64_t limit, std::int64_t now_ms) {
+  return count(route_index, client, limit, limit - 1, now_ms);
+}
+
+rate_decision rate_limiter::peek(std::size_t route_index, std::string_view client,
+                                 std::int64_t now_ms) const {
+  rate_decision d;
+  std::string key = key_of(route_index, client);
+  auto& sh = shards_[std::hash<std::string>{}(key) % shards_.size()];
+  std::lock_guard lk(sh.mu);
+  auto it = sh.buckets.find(key);
+  if (it != sh.buckets.end() && it->second.blocked_until > now_ms) {
+    d.allowed = false;
+    d.retry_after_s = ceil_div(it->second.blocked_until - now_ms, 1000);
+  }
+  return d;
+}
+
+rate_decision rate_limiter::count(std::size_t route_index, std::string_view client,
+                                  std::int64_t limit, std::int64_t block_above,
+                                  std::int64_t now_ms) {
+  rate_decision d;
+  d.limit = limit;
+  if (limit <= 0) return d;
+  std::string key = key_of(route_index, client);
   auto& sh = shards_[std::hash<std::string>{}(key) % shards_.size()];
   std::lock_guard lk(sh.mu);
   if (++sh.ops % 4096 == 0) {
@@ -77,7 +107,7 @@ rate_decision rate_limiter::check(std::size_t route_index, std::string_view clie
   }
   ++b.counts[static_cast<std::size_t>(now_slot % static_cast<std::int64_t>(slots))];
   ++b.hits;
-  if (b.hits > limit) {
+  if (b.hits > block_above) {
     b.blocked_until = now_ms + window_ms_;
     d.allowed = false;
     d.retry_after_s = ceil_div(window_ms_, 1000);

@@ -1,7 +1,8 @@
 // Per-endpoint, per-client-address request budgets (the contract's throttler semantics):
 // hits expire one window after they were made; the request that exceeds the limit blocks the
 // bucket for one window. Counts are kept in 60 slots per window, so memory per bucket is
-// constant whatever the limit. Thread-safe; buckets are sharded by key.
+// constant whatever the limit. Thread-safe; buckets are sharded by key. The pipeline also uses
+// one to count failed authentications per client address (record() and peek()).
 #pragma once
 
 #include <array>
@@ -26,8 +27,15 @@ class rate_limiter {
   // window_ms > 0. A limit of 0 disables limiting for that call.
   explicit rate_limiter(std::int64_t window_ms);
 
+  // Counts one request; refuses it (and blocks the bucket) when it exceeds `limit`.
   rate_decision check(std::size_t route_index, std::string_view client, std::int64_t limit,
                       std::int64_t now_ms);
+  // Counts one event that is not itself refused (a failed authentication): when the count
+  // within the window reaches `limit`, the bucket is blocked for one window from now.
+  rate_decision record(std::size_t route_index, std::string_view client, std::int64_t limit,
+                       std::int64_t now_ms);
+  // Whether the bucket is blocked now; counts nothing and creates no bucket.
+  rate_decision peek(std::size_t route_index, std::string_view client, std::int64_t now_ms) const;
   std::size_t bucket_count() const;
 
  private:
@@ -46,6 +54,10 @@ class rate_limiter {
     std::uint64_t ops = 0;
   };
   void expire(bucket& b, std::int64_t now_slot) const;
+  // Counts one hit; blocks when the count exceeds `block_above`.
+  rate_decision count(std::size_t route_index, std::string_view client, std::int64_t limit,
+                      std::int64_t block_above, std::int64_t now_ms);
+  static std::string key_of(std::size_t route_index, std::string_view client);
 
   std::int64_t window_ms_;
   std::int64_t slot_ms_;

@@ -1,10 +1,14 @@
-// Beast-based connection handling (the only file that includes Beast).
+// Beast-based connection handling (the only file that includes Beast), plain and TLS.
 #include "http/server.hpp"
+
+#include <type_traits>
+#include <vector>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
@@ -17,6 +21,7 @@
 
 #include "http/message.hpp"
 #include "http/pipeline.hpp"
+#include "http/tls.hpp"
 #include "obs/logger.hpp"
 #include "obs/metrics.hpp"
 
@@ -25,7 +30,9 @@ namespace statetrack::http {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
+namespace ssl = boost::asio::ssl;
 using tcp = asio::ip::tcp;
+using tls_stream = ssl::stream<beast::tcp_stream>;
 
 struct server::connection_state {
   beast::tcp_stream* stream = nullptr;
@@ -82,6 +89,9 @@ void fill_request(request& out, bhttp::request<bhttp::string_body>& in, const st
       case bhttp::field::origin:
         out.origin = std::string(f.value());
         break;
+      case bhttp::field::host:
+        out.host = trimmed(f.value());
+        break;
       case bhttp::field::access_control_request_headers:
         out.acr_headers = std::string(f.value());
         break;
@@ -135,6 +145,34 @@ std::string serialize(const response& res, bool head_only, bool keep_alive, unsi
   return out;
 }
 
+// 308 to the same host and target on the HTTPS port; 400 when the Host header is unusable.
+void redirect_to_https(const request& req, std::uint16_t https_port, response& res) {
+  res.body.clear();
+  res.content_type = "text/plain; charset=utf-8";
+  auto location = https_location(req.host, req.target, https_port);
+  if (!location) {
+    res.status = 400;
+    res.body = "Bad Request: missing or invalid Host header\n";
+    res.close = true;
+    return;
+  }
+  res.status = 308;
+  res.set_header("Location", std::move(*location));
+}
+
+template <class Stream>
+inline constexpr bool is_tls = std::is_same_v<Stream, tls_stream>;
+
+// After a 413, at most this much of the refused body is read and dropped.
+constexpr std::size_t linger_max_bytes = 4 * 1024 * 1024;
+
+// Socket outcomes after which the peer will not read a TLS close_notify.
+bool peer_gone(const boost::system::error_code& ec) {
+  return ec == asio::error::eof || ec == ssl::error::stream_truncated ||
+         ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+         ec == asio::error::operation_aborted || ec == beast::error::timeout;
+}
+
 }  // namespace
 
 server::server(std::vector<asio::io_context*> contexts, pipeline& p, server_options opts,
@@ -144,12 +182,25 @@ server::server(std::vector<asio::io_context*> contexts, pipeline& p, server_opti
       opts_(std::move(opts)),
       log_(log),
       acceptor_(*contexts_.front()) {
+  obs::labels l;
+  if (!opts_.metrics_listener.empty()) l.emplace_back("listener", opts_.metrics_listener);
   open_connections_ =
-      &metrics.add_gauge("statetrack_http_open_connections", "Open client connections");
+      &metrics.add_gauge("statetrack_http_open_connections", "Open client connections", l);
   accepted_ = &metrics.add_counter("statetrack_http_connections_accepted_total",
-                                   "Accepted client connections");
+                                   "Accepted client connections", l);
   rejected_ = &metrics.add_counter("statetrack_http_connections_rejected_total",
-                                   "Connections closed at once because the limit was reached");
+                                   "Connections closed at once because the limit was reached", l);
+  if (opts_.tls != nullptr) {
+    handshake_failures_ =
+        &metrics.add_counter("statetrack_tls_handshake_failures_total",
+                             "TLS handshakes that failed (plain HTTP, old protocol versions, "
+                             "unknown certificate authority on the client side, timeouts)",
+                             l);
+  }
+  if (opts_.redirect_to_https_port != 0) {
+    redirects_ = &metrics.add_counter("statetrack_http_redirects_total",
+                                      "Plain HTTP requests redirected to HTTPS", l);
+  }
 }
 
 server::~server() = default;
@@ -242,10 +293,21 @@ asio::awaitable<void> server::serve(tcp::socket socket) {
     auto remote = socket.remote_endpoint(ec);
     if (!ec) ip = remote.address().to_string();
   }
-  beast::tcp_stream stream(std::move(socket));
+  if (opts_.tls != nullptr) {
+    tls_stream stream(std::move(socket), *opts_.tls);
+    co_await session(stream, std::move(ip));
+  } else {
+    beast::tcp_stream stream(std::move(socket));
+    co_await session(stream, std::move(ip));
+  }
+}
+
+template <class Stream>
+asio::awaitable<void> server::session(Stream& stream, std::string ip) {
+  beast::tcp_stream& lowest = beast::get_lowest_layer(stream);
   auto state = std::make_shared<connection_state>();
-  state->stream = &stream;
-  state->executor = stream.get_executor();
+  state->stream = &lowest;
+  state->executor = lowest.get_executor();
   {
     std::lock_guard lk(mu_);
     conns_.insert(state);
@@ -262,13 +324,33 @@ asio::awaitable<void> server::serve(tcp::socket socket) {
     }
   } guard{this, state};
 
+  boost::system::error_code ec;
+  if constexpr (is_tls<Stream>) {
+    lowest.expires_after(opts_.read_timeout);
+    co_await stream.async_handshake(ssl::stream_base::server,
+                                    asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) {
+      // Plain HTTP on the TLS port, a refused protocol version, a client that gave up.
+      handshake_failures_->inc();
+      if (log_.enabled(obs::level::debug)) {
+        obs::fields f;
+        f.add("client_ip", std::string_view(ip)).add("error", ec.message());
+        log_.debug("HTTP", "TLS handshake failed", &f);
+      }
+      lowest.close();
+      co_return;
+    }
+  }
+
   beast::flat_buffer buffer;
+  bool close_politely = true;  // false once the peer is gone or the socket was cancelled
+  bool refused_body = false;   // a 413 was sent while the client may still send the body
   for (;;) {
     if (draining_) break;
     bhttp::request_parser<bhttp::string_body> parser;
     parser.header_limit(static_cast<std::uint32_t>(opts_.max_header_bytes));
     parser.body_limit(opts_.max_body_bytes);
-    stream.expires_after(buffer.size() > 0 ? opts_.read_timeout : opts_.idle_timeout);
+    lowest.expires_after(buffer.size() > 0 ? opts_.read_timeout : opts_.idle_timeout);
     co_await bhttp::async_read_header(stream, buffer, parser,
                                       asio::redirect_error(asio::use_awaitable, ec));
     state->busy = true;
@@ -284,11 +366,14 @@ asio::awaitable<void> server::serve(tcp::socket socket) {
           static constexpr std::string_view cont = "HTTP/1.1 100 Continue\r\n\r\n";
           co_await asio::async_write(stream, asio::buffer(cont.data(), cont.size()),
                                      asio::redirect_error(asio::use_awaitable, ec));
-          if (ec) break;
+          if (ec) {
+            close_politely = false;
+            break;
+          }
         }
       }
       if (!ec && !parser.is_done()) {
-        stream.expires_after(opts_.read_timeout);
+        lowest.expires_after(opts_.read_timeout);
         co_await bhttp::async_read(stream, buffer, parser,
                                    asio::redirect_error(asio::use_awaitable, ec));
       }
@@ -299,6 +384,7 @@ asio::awaitable<void> server::serve(tcp::socket socket) {
         fill_request(req, parser.get(), ip);
         pipeline_.reject(req, 413, "request entity too large", res);
         reject = true;
+        refused_body = true;
       } else if (ec == bhttp::error::header_limit) {
         req.method_text = "UNKNOWN";
         pipeline_.reject(req, 431, "Request header fields too large", res);
@@ -309,6 +395,8 @@ asio::awaitable<void> server::serve(tcp::socket socket) {
         pipeline_.reject(req, 400, "Malformed HTTP request", res);
         reject = true;
       } else {
+        close_politely = !peer_gone(ec) && ec != bhttp::error::end_of_stream &&
+                         ec != bhttp::error::partial_message;
         break;
       }
     }
@@ -320,18 +408,47 @@ asio::awaitable<void> server::serve(tcp::socket socket) {
       version = msg.version();
       fill_request(req, msg, ip);
       head_only = req.verb == method::head;
-      co_await pipeline_.handle(req, res);
+      if (opts_.redirect_to_https_port != 0) {
+        redirect_to_https(req, opts_.redirect_to_https_port, res);
+        if (res.status == 308) redirects_->inc();
+      } else {
+        co_await pipeline_.handle(req, res);
+      }
       keep_alive = req.keep_alive && !res.close && !draining_;
     }
+    if constexpr (is_tls<Stream>) res.set_header("Strict-Transport-Security", hsts_value);
     std::string out = serialize(res, head_only, keep_alive, version);
-    stream.expires_after(opts_.read_timeout);
+    lowest.expires_after(opts_.read_timeout);
     co_await asio::async_write(stream, asio::buffer(out),
                                asio::redirect_error(asio::use_awaitable, ec));
     state->busy = false;
+    if (ec) close_politely = false;
     if (ec || !keep_alive) break;
   }
-  stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-  stream.close();
+  if (refused_body && close_politely) {
+    // Read and drop what the client still sends of the refused body (bounded in time and size)
+    // so that it gets to read the 413 instead of a connection reset.
+    if constexpr (!is_tls<Stream>) lowest.socket().shutdown(tcp::socket::shutdown_send, ec);
+    std::vector<char> sink(16 * 1024);
+    std::size_t dropped = 0;
+    lowest.expires_after(std::chrono::seconds(2));
+    while (dropped < linger_max_bytes) {
+      dropped += co_await stream.async_read_some(asio::buffer(sink),
+                                                 asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) break;
+    }
+    if (ec) close_politely = false;
+  }
+  if constexpr (is_tls<Stream>) {
+    if (close_politely) {
+      // close_notify; the peer's answer is awaited briefly, never for long.
+      lowest.expires_after(std::chrono::seconds(2));
+      co_await stream.async_shutdown(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  } else {
+    lowest.socket().shutdown(tcp::socket::shutdown_send, ec);
+  }
+  lowest.close();
 }
 
 }  // namespace statetrack::http

@@ -3,6 +3,8 @@
 // and lives there, so its handlers run serially without strands or cross-thread locking.
 // Every read is bounded in size and time; responses are serialised in one buffer. On stop it
 // closes the acceptor, closes idle keep-alive connections and lets in-flight requests finish.
+// The same connection loop serves plain TCP and TLS (it is a template over the stream type);
+// a listener may instead only redirect every request to the HTTPS port.
 // Owned by the app; its coroutines run on the app's io_context threads.
 #pragma once
 
@@ -19,6 +21,10 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
+
+namespace boost::asio::ssl {
+class context;
+}
 
 namespace statetrack::obs {
 class logger;
@@ -39,6 +45,14 @@ struct server_options {
   std::chrono::seconds idle_timeout{75};
   std::chrono::seconds read_timeout{30};
   std::size_t max_connections = 10000;
+  // HTTPS only when set (owned by the app, outlives the server).
+  boost::asio::ssl::context* tls = nullptr;
+  // Non-zero: this listener answers every request with 308 to https://<host>:<port><target>
+  // and does nothing else.
+  std::uint16_t redirect_to_https_port = 0;
+  // Value of the `listener` label of this listener's connection metrics; empty for the main
+  // listener (unlabelled series).
+  std::string metrics_listener;
 };
 
 class server {
@@ -61,6 +75,9 @@ class server {
  private:
   boost::asio::awaitable<void> accept_loop();
   boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket);
+  // The connection loop, for a plain or a TLS stream (defined and instantiated in server.cpp).
+  template <class Stream>
+  boost::asio::awaitable<void> session(Stream& stream, std::string ip);
 
   std::vector<boost::asio::io_context*> contexts_;
   std::size_t next_context_ = 0;
@@ -74,6 +91,8 @@ class server {
   obs::gauge* open_connections_ = nullptr;
   obs::counter* accepted_ = nullptr;
   obs::counter* rejected_ = nullptr;
+  obs::counter* handshake_failures_ = nullptr;  // TLS listeners only
+  obs::counter* redirects_ = nullptr;           // redirect listeners only
 };
 
 }  // namespace statetrack::http

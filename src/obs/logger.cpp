@@ -25,6 +25,28 @@ std::string_view level_name(level l) {
   return "INFO";
 }
 
+std::string_view level_option_name(level l) {
+  switch (l) {
+    case level::debug:
+      return "debug";
+    case level::info:
+      return "info";
+    case level::warn:
+      return "warn";
+    case level::error:
+      return "error";
+  }
+  return "info";
+}
+
+level more_verbose(level l) {
+  return l == level::debug ? level::debug : static_cast<level>(static_cast<int>(l) - 1);
+}
+
+level less_verbose(level l) {
+  return l == level::error ? level::error : static_cast<level>(static_cast<int>(l) + 1);
+}
+
 bool parse_level(std::string_view t, level& out) {
   std::string s(t);
   for (char& c : s)
@@ -119,6 +141,21 @@ logger::~logger() {
 
 void logger::log(level l, std::string_view service, std::string_view message, fields* ctx) {
   if (!enabled(l)) return;
+  emit(l, service, message, ctx);
+}
+
+level logger::change_level(level to, std::string_view by, fields* ctx) {
+  const level from = min_.exchange(to, std::memory_order_relaxed);
+  fields own;
+  fields& f = ctx != nullptr ? *ctx : own;
+  f.add("from", level_option_name(from)).add("to", level_option_name(to)).add("by", by);
+  std::string msg = "log level set to ";
+  msg += level_option_name(to);
+  emit(level::info, "App", msg, &f);
+  return from;
+}
+
+void logger::emit(level l, std::string_view service, std::string_view message, fields* ctx) {
   std::string line;
   line.reserve(256);
   auto now = core::system_clock{}.now();

@@ -19,8 +19,12 @@ namespace statetrack::obs {
 
 enum class level { debug = 0, info = 1, warn = 2, error = 3 };
 
-std::string_view level_name(level l);
+std::string_view level_name(level l);         // DEBUG, INFO, WARN, ERROR (as in log lines)
+std::string_view level_option_name(level l);  // debug, info, warn, error (as --log-level)
 bool parse_level(std::string_view text, level& out);
+// One step more verbose (error -> warn -> info -> debug) or less; saturates at the ends.
+level more_verbose(level l);
+level less_verbose(level l);
 
 enum class log_format { json, pretty };
 
@@ -59,6 +63,9 @@ class logger {
   bool enabled(level l) const { return l >= min_.load(std::memory_order_relaxed); }
   void set_level(level l) { min_.store(l, std::memory_order_relaxed); }
   level get_level() const { return min_.load(std::memory_order_relaxed); }
+  // Sets the minimum level at run time and writes one INFO line saying so, whatever the new
+  // level; `by` says who asked (SIGUSR1, SIGUSR2, api). Returns the previous level.
+  level change_level(level to, std::string_view by, fields* ctx = nullptr);
 
   void log(level l, std::string_view service, std::string_view message, fields* ctx = nullptr);
   void debug(std::string_view service, std::string_view msg, fields* ctx = nullptr) {
@@ -81,6 +88,8 @@ class logger {
  private:
   void flusher_loop();
   void write_out(const std::string& data);
+  // Formats and queues a line without looking at the minimum level.
+  void emit(level l, std::string_view service, std::string_view message, fields* ctx);
 
   std::atomic<level> min_;
   log_format format_;

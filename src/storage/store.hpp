@@ -132,6 +132,11 @@ class write_txn : public read_view {
   virtual std::int64_t prune_events(timestamp before, std::int64_t keep) = 0;
 
   virtual void put_meta(std::string_view key, std::string_view value) = 0;
+  virtual void insert_ticket(const core::stream_ticket& t) = 0;
+  // Deletes and returns the ticket with this hash if it has not expired (single use); also
+  // deletes expired tickets.
+  virtual std::optional<core::stream_ticket> consume_ticket(std::string_view hash,
+                                                            timestamp now) = 0;
   virtual void delete_meta(std::string_view key) = 0;
 
   virtual void insert_api_key(core::api_key& k) = 0;  // sets k.id

@@ -28,7 +28,7 @@ API_KEYS = f"{API_KEY},{SECOND_KEY}"
 PREFIXES = ["", "/api"]
 PREFIX_IDS = ["root", "api"]
 
-LISTEN_RE = re.compile(r"statetrack listening on 127\.0\.0\.1:(\d+)")
+LISTEN_RE = re.compile(r"statetrack listening on 127\.0\.0\.1:(\d+)( \(https\))?")
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 15
 
@@ -40,6 +40,12 @@ _SCRUBBED = {
 }
 
 
+# Set for every server unless a test overrides it (None removes it): the suite sends many
+# deliberate 401s from 127.0.0.1, which the failed-authentication throttle would otherwise
+# turn into 429s for every later request. tests/api/test_edges.py tests the throttle itself.
+_HARNESS_ENV = {"STATETRACK_AUTH_FAILURE_LIMIT": "0"}
+
+
 def _clean_env():
     return {k: v for k, v in os.environ.items()
             if k not in _SCRUBBED and not k.startswith("STATETRACK_")}
@@ -48,8 +54,9 @@ def _clean_env():
 class Server:
     """One running statetrack process."""
 
-    def __init__(self, binary, db_path, extra_args, env, workdir):
+    def __init__(self, binary, db_path, extra_args, env, workdir, tls_ca=None):
         self.binary = binary
+        self.tls_ca = tls_ca     # CA file clients verify an HTTPS server against
         self.db_path = str(db_path)
         self.extra_args = list(extra_args)
         self.workdir = str(workdir)
@@ -58,10 +65,12 @@ class Server:
         self._lock = threading.Lock()
         self._ready = threading.Event()
         self.port = None
+        self.scheme = "http"     # "https" when the ready line says so
         self.returncode = None
         full_env = _clean_env()
         full_env["API_KEYS"] = API_KEYS
         full_env["LOG_FORMAT"] = "json"
+        full_env.update(_HARNESS_ENV)
         for k, v in (env or {}).items():
             if v is None:
                 full_env.pop(k, None)
@@ -91,7 +100,7 @@ class Server:
                     f"statetrack did not report listening within {START_TIMEOUT_S}s "
                     f"(exit code {rc}); argv={self.argv}\n--- stdout ---\n"
                     + "\n".join(self.lines) + "\n--- stderr ---\n" + "\n".join(self.err_lines))
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"{self.scheme}://127.0.0.1:{self.port}"
 
     def _drain_stdout(self):
         for line in self.proc.stdout:
@@ -101,6 +110,8 @@ class Server:
             if self.port is None:
                 m = LISTEN_RE.search(line)
                 if m:
+                    if m.group(2):
+                        self.scheme = "https"
                     self.port = int(m.group(1))
                     self._ready.set()
 
@@ -176,7 +187,7 @@ class Server:
         self._t_err.join(5)
 
     def client(self, prefix="", key=API_KEY, auth="x-api-key"):
-        return Client(self.base_url, prefix=prefix, key=key, auth=auth)
+        return Client(self.base_url, prefix=prefix, key=key, auth=auth, verify=self.tls_ca)
 
 
 _MISSING = object()
@@ -185,9 +196,10 @@ _MISSING = object()
 class Client:
     """requests.Session bound to a server and a path prefix ("" or "/api")."""
 
-    def __init__(self, base_url, prefix="", key=API_KEY, auth="x-api-key"):
+    def __init__(self, base_url, prefix="", key=API_KEY, auth="x-api-key", verify=None):
         self.base_url = base_url
         self.prefix = prefix
+        self.verify = verify  # per request: a Session's verify loses to REQUESTS_CA_BUNDLE
         self.s = requests.Session()
         if key is not None:
             if auth == "bearer":
@@ -202,6 +214,8 @@ class Client:
         if json is not _MISSING:
             kw["json"] = json
         kw.setdefault("timeout", 30)
+        if self.verify is not None:
+            kw.setdefault("verify", self.verify)
         return self.s.request(method, self.url(path), **kw)
 
     def get(self, path, **kw):
@@ -248,18 +262,20 @@ def server(statetrack_bin, tmp_path_factory):
 
 @pytest.fixture
 def start_server(statetrack_bin, tmp_path):
-    """Factory: start_server(extra_args=[], env={}, db_path=None) -> Server.
+    """Factory: start_server(extra_args=[], env={}, db_path=None, tls_ca=None) -> Server.
 
-    Servers still running at teardown get SIGTERM and must exit 0 within 15 s."""
+    An environment value of None removes the variable. With --tls-cert the server's base_url
+    is https and its clients verify against tls_ca. Servers still running at teardown get
+    SIGTERM and must exit 0 within 15 s."""
     started = []
     counter = [0]
 
-    def _start(extra_args=(), env=None, db_path=None):
+    def _start(extra_args=(), env=None, db_path=None, tls_ca=None):
         counter[0] += 1
         wd = tmp_path / f"srv{counter[0]}"
         wd.mkdir()
         db = db_path if db_path is not None else wd / "st.db"
-        srv = Server(statetrack_bin, db, extra_args, env or {}, wd)
+        srv = Server(statetrack_bin, db, extra_args, env or {}, wd, tls_ca=tls_ca)
         started.append(srv)
         return srv
 

@@ -37,6 +37,8 @@ SUCCESS = {(m, re.sub(r":[A-Za-z]+", "{}", p)): code for m, p, code in ROUTES}
 # Routes statetrack adds to the contract (additive; documented like the others).
 ADDITIONAL = {("GET", "/metrics"), ("POST", "/sessions/{}/directive"), ("GET", "/sessions/{}/events"),
               ("GET", "/incidents"), ("POST", "/incidents/mass-stall/clear")}
+# Operator routes (src/api/admin.cpp).
+ADDITIONAL |= {("GET", "/admin/log-level"), ("PUT", "/admin/log-level")}
 
 
 def _norm(path):

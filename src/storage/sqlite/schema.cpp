@@ -92,6 +92,15 @@ CREATE TABLE events (
 CREATE INDEX events_session ON events(session_id, seq) WHERE session_id <> '';
 CREATE INDEX events_occurred ON events(occurred_at);
 
+-- Single-use tickets for event streams opened by browsers (which cannot set headers).
+CREATE TABLE event_tickets (
+  hash TEXT PRIMARY KEY,
+  key_id TEXT NOT NULL,
+  key_db_id INTEGER NOT NULL,
+  role TEXT NOT NULL,
+  expires_at INTEGER NOT NULL
+) STRICT;
+
 -- Small shared state of the service itself (open incidents, the last time it was alive).
 CREATE TABLE meta (
   key TEXT PRIMARY KEY,

@@ -510,6 +510,35 @@ class ops final : public write_txn {
     st.exec();
   }
 
+  void insert_ticket(const core::stream_ticket& t) override {
+    auto st = c_.prepare(
+        "INSERT INTO event_tickets (hash, key_id, key_db_id, role, expires_at) "
+        "VALUES (?, ?, ?, ?, ?)");
+    st.bind(1, t.hash).bind(2, t.key_id).bind(3, t.key_db_id).bind(4, role_name(t.role)).bind(5, t.expires_at.ms);
+    st.exec();
+  }
+
+  std::optional<core::stream_ticket> consume_ticket(std::string_view hash,
+                                                    core::timestamp now) override {
+    {
+      auto st = c_.prepare("DELETE FROM event_tickets WHERE expires_at <= ?");
+      st.bind(1, now.ms);
+      st.exec();
+    }
+    auto st = c_.prepare(
+        "DELETE FROM event_tickets WHERE hash = ? RETURNING key_id, key_db_id, role, expires_at");
+    st.bind(1, hash);
+    if (!st.step()) return std::nullopt;
+    core::stream_ticket t;
+    t.hash = std::string(hash);
+    t.key_id = st.col_text(0);
+    t.key_db_id = st.col_int(1);
+    t.role = parse_role(st.col_view(2));
+    t.expires_at = {st.col_int(3)};
+    st.exec();  // finish the statement so the delete completes
+    return t;
+  }
+
   void delete_meta(std::string_view key) override {
     auto st = c_.prepare("DELETE FROM meta WHERE key = ?");
     st.bind(1, key);

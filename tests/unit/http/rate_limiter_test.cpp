@@ -73,5 +73,47 @@ TEST(RateLimiter, ShortWindowsWork) {
   EXPECT_TRUE(rl.check(0, "a", 2, 2200).allowed);
 }
 
+// record() + peek(): how the pipeline throttles an address after failed authentications.
+TEST(RateLimiter, RecordBlocksWhenTheCountReachesTheLimit) {
+  rate_limiter rl(minute);
+  const std::int64_t t = 5 * minute;
+  EXPECT_TRUE(rl.peek(0, "a", t).allowed);
+  EXPECT_EQ(rl.bucket_count(), 0U);  // peeking creates nothing
+  for (int i = 1; i < 3; ++i) {
+    ASSERT_TRUE(rl.record(0, "a", 3, t + i).allowed) << i;
+    ASSERT_TRUE(rl.peek(0, "a", t + i).allowed) << i;
+  }
+  auto d = rl.record(0, "a", 3, t + 3);  // the third failure blocks at once
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after_s, 60);
+  d = rl.peek(0, "a", t + 3 + 45'000);
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after_s, 15);
+  EXPECT_TRUE(rl.peek(0, "b", t + 4).allowed);  // per client
+  EXPECT_TRUE(rl.peek(1, "a", t + 4).allowed);  // per key
+  // One window after the block the address is free again and counts from zero.
+  EXPECT_TRUE(rl.peek(0, "a", t + 3 + minute).allowed);
+  EXPECT_TRUE(rl.record(0, "a", 3, t + 3 + minute).allowed);
+  EXPECT_TRUE(rl.record(0, "a", 3, t + 4 + minute).allowed);
+  EXPECT_FALSE(rl.record(0, "a", 3, t + 5 + minute).allowed);
+}
+
+TEST(RateLimiter, RecordedEventsExpireAfterAWindow) {
+  rate_limiter rl(minute);
+  const std::int64_t t = 10 * minute;
+  ASSERT_TRUE(rl.record(0, "a", 2, t).allowed);
+  // 61 s later the first failure no longer counts: one more does not block.
+  EXPECT_TRUE(rl.record(0, "a", 2, t + minute + 1000).allowed);
+  EXPECT_TRUE(rl.peek(0, "a", t + minute + 1001).allowed);
+}
+
+TEST(RateLimiter, RecordWithLimitOneBlocksAtTheFirstEvent) {
+  rate_limiter rl(minute);
+  EXPECT_FALSE(rl.record(0, "a", 1, 1000).allowed);
+  EXPECT_FALSE(rl.peek(0, "a", 2000).allowed);
+  EXPECT_TRUE(rl.record(0, "b", 0, 1000).allowed);  // 0 disables
+  EXPECT_TRUE(rl.peek(0, "b", 2000).allowed);
+}
+
 }  // namespace
 }  // namespace statetrack::http
