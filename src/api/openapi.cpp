@@ -84,6 +84,39 @@ constexpr std::string_view response_components_json = R"json({
     "data": {"type": "object", "additionalProperties": true}
   }
 },
+"EventMessage": {
+  "type": "object",
+  "description": "A message on the event WebSocket (after the 101 upgrade). The server sends {type: event, seq, event_type, occurred_at, ids, data} for each event in seq order, {type: subscribed, after_seq} after a subscribe, {type: pong}, {type: error, code, message, last_seq} (codes bad_message, bad_subscription, unknown_type, slow_consumer, key_revoked) and {type: resync, message, last_seq} when the log no longer holds what was asked (refetch state). The client sends {type: subscribe, project_id?, session_id?, machine_id?, types?: [...], since?}, {type: unsubscribe} or {type: ping}.",
+  "required": ["type"],
+  "properties": {
+    "type": {"type": "string", "enum": ["event", "subscribed", "unsubscribed", "pong", "error", "resync"]},
+    "seq": {"type": "integer"},
+    "event_type": {"type": "string"},
+    "occurred_at": {"type": "string", "format": "date-time"},
+    "project_id": {"type": "string"},
+    "session_id": {"type": "string"},
+    "task_id": {"type": "string"},
+    "machine_id": {"type": "string"},
+    "data": {"type": "object", "additionalProperties": true},
+    "code": {"type": "string"},
+    "message": {"type": "string"},
+    "last_seq": {"type": "integer"},
+    "after_seq": {"type": "integer"}
+  }
+},
+"EventStream": {
+  "type": "string",
+  "description": "text/event-stream: `id: <seq>`, `event: <event type>`, `data: <EventMessage JSON>` per event; `event: resync` or `event: error` (slow_consumer, key_revoked) before the server closes; `: keepalive` comments; reconnect with Last-Event-ID to resume without gaps or duplicates."
+},
+"StreamTicket": {
+  "type": "object",
+  "description": "A single-use ticket for ?ticket= on the stream endpoints, valid 30 seconds.",
+  "required": ["ticket", "expires_at"],
+  "properties": {
+    "ticket": {"type": "string", "pattern": "^tk_"},
+    "expires_at": {"type": "string", "format": "date-time"}
+  }
+},
 "IncidentList": {
   "type": "object",
   "description": "Open incidents of the service.",
@@ -715,6 +748,7 @@ json::value success_schema(const http::route_doc& d) {
 
 std::string_view media_type_of(std::string_view response_schema) {
   if (response_schema == "PrometheusText") return "text/plain";
+  if (response_schema == "EventStream") return "text/event-stream";
   return "application/json";
 }
 

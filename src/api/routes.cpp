@@ -11,6 +11,7 @@ void register_all(http::router& r) {
   register_metrics_routes(r);
   register_admin_routes(r);
   register_incident_routes(r);
+  register_event_routes(r);
   register_docs_routes(r);
 }
 

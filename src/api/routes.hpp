@@ -15,6 +15,7 @@ void register_docs_routes(http::router& r);
 void register_metrics_routes(http::router& r);
 void register_admin_routes(http::router& r);
 void register_incident_routes(http::router& r);
+void register_event_routes(http::router& r);
 
 // All of the above, in matching-independent order (the router gives literals precedence).
 void register_all(http::router& r);

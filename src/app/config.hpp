@@ -44,6 +44,9 @@ struct config {
   double stall_brake_share = 0.5;
   std::int64_t stall_brake_min = 10;
   std::int64_t consistency_interval_s = 60;
+  std::int64_t event_ring_capacity = 65536;
+  std::int64_t event_max_lag = 16384;
+  std::int64_t stream_keepalive_s = 30;
 };
 
 struct parse_outcome {

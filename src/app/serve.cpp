@@ -20,6 +20,8 @@
 #include "core/machine_service.hpp"
 #include "core/session_service.hpp"
 #include "core/task_service.hpp"
+#include "events/hub.hpp"
+#include "events/stream.hpp"
 #include "http/pipeline.hpp"
 #include "http/router.hpp"
 #include "http/server.hpp"
@@ -157,6 +159,18 @@ int serve(const config& cfg) {
   hso.read_timeout = std::chrono::seconds(std::max<std::int64_t>(1, cfg.request_timeout_ms / 1000));
   hso.max_connections = static_cast<std::size_t>(cfg.max_connections);
   hso.tls = tls.get();
+  // Event streams: the hub reads each committed batch of events once and wakes subscribers.
+  events::hub_options ho;
+  ho.ring_capacity = static_cast<std::size_t>(cfg.event_ring_capacity);
+  ho.max_lag = cfg.event_max_lag;
+  events::hub event_hub(*store, ioc.get_executor(), ho, &metrics);
+  store->on_events_committed([&event_hub](std::int64_t seq) { event_hub.on_committed(seq); });
+  events::stream_services streams;
+  streams.events = &event_hub;
+  streams.keys = &keys;
+  streams.log = &log;
+  streams.keepalive = std::chrono::seconds(cfg.stream_keepalive_s);
+  hso.streams = &streams;
   http::server srv(context_ptrs, pipe, hso, log, metrics);
   asio::ip::tcp::endpoint ep;
   try {

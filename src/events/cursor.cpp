@@ -18,8 +18,7 @@ cursor::batch cursor::next(std::size_t max) {
     if (next_seq_ - 1 > head) {
       out.st = state::resync;
       out.reason = "the requested seq " + std::to_string(next_seq_ - 1) +
-                   " is newer than the event log (" + std::to_string(head) +
-                   "); refetch state";
+                   " is newer than the event log (" + std::to_string(head) + "); refetch state";
       return out;
     }
   }
@@ -46,7 +45,8 @@ cursor::batch cursor::next(std::size_t max) {
       return out;
     }
     candidates.reserve(older.size());
-    for (auto& e : older) candidates.push_back(render(std::move(e)));
+    for (auto& e : older)
+      candidates.push_back(render(std::move(e)));
   }
   for (auto& m : candidates) {
     next_seq_ = m->e.seq + 1;

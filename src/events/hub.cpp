@@ -37,7 +37,8 @@ bool filter::matches(const core::event& e) const {
   if (types.empty()) return true;
   for (const auto& t : types) {
     if (t.size() >= 2 && t.ends_with(".*")) {
-      if (e.type.size() >= t.size() - 1 && e.type.compare(0, t.size() - 1, t, 0, t.size() - 1) == 0) {
+      if (e.type.size() >= t.size() - 1 &&
+          e.type.compare(0, t.size() - 1, t, 0, t.size() - 1) == 0) {
         return true;
       }
     } else if (t == e.type) {
@@ -52,10 +53,10 @@ hub::hub(storage::store& store, asio::any_io_executor executor, hub_options opts
     : store_(store), executor_(std::move(executor)), opts_(opts) {
   store_.read_now([&](storage::read_view& v) { head_ = v.last_event_seq(); });
   if (metrics != nullptr) {
-    subscribers_ = &metrics->add_gauge("statetrack_event_subscribers",
-                                       "Open WebSocket and SSE event streams");
-    delivered_ = &metrics->add_counter("statetrack_events_delivered_total",
-                                       "Events written to subscribers");
+    subscribers_ =
+        &metrics->add_gauge("statetrack_event_subscribers", "Open WebSocket and SSE event streams");
+    delivered_ =
+        &metrics->add_counter("statetrack_events_delivered_total", "Events written to subscribers");
     cut_ = &metrics->add_counter("statetrack_event_subscribers_cut_total",
                                  "Subscribers disconnected for falling behind");
   }
@@ -103,7 +104,8 @@ void hub::pull() {
       if (fresh.empty()) head_ = std::max(head_, wanted_);
       to_wake = waiters_;
     }
-    for (auto& w : to_wake) asio::post(w.ex, w.wake);
+    for (auto& w : to_wake)
+      asio::post(w.ex, w.wake);
   }
 }
 
@@ -131,7 +133,8 @@ std::optional<std::vector<message_ptr>> hub::from_ring(std::int64_t from, std::s
   // Seqs in the ring are increasing; find the first >= from.
   auto it = std::lower_bound(ring_.begin(), ring_.end(), from,
                              [](const message_ptr& m, std::int64_t s) { return m->e.seq < s; });
-  for (; it != ring_.end() && out.size() < max; ++it) out.push_back(*it);
+  for (; it != ring_.end() && out.size() < max; ++it)
+    out.push_back(*it);
   return out;
 }
 

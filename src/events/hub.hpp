@@ -5,7 +5,6 @@
 // resumes from older history reads it from the store. Shared by every I/O thread.
 #pragma once
 
-#include <boost/asio/any_io_executor.hpp>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -14,6 +13,8 @@
 #include <optional>
 #include <string>
 #include <vector>
+
+#include <boost/asio/any_io_executor.hpp>
 
 #include "core/model.hpp"
 

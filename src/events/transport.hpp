@@ -5,6 +5,11 @@
 // and with `key_revoked` when its key is revoked. Included only by http/server.cpp.
 #pragma once
 
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <string>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -12,15 +17,13 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http/message.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/websocket.hpp>
+#include <boost/beast/websocket/ssl.hpp>
 #include <boost/json/parse.hpp>
-#include <chrono>
-#include <deque>
-#include <memory>
-#include <string>
 
 #include "events/cursor.hpp"
 #include "events/stream.hpp"
@@ -86,7 +89,8 @@ boost::asio::awaitable<void> run_sse(Stream& stream, stream_request req,
   std::string buf;
   // Tell the client how long to wait before reconnecting (EventSource honours it).
   buf = "retry: 2000\n\n";
-  co_await asio::async_write(stream, asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+  co_await asio::async_write(stream, asio::buffer(buf),
+                             asio::redirect_error(asio::use_awaitable, ec));
   for (;;) {
     if (ec) co_return;
     auto b = cur.next(256);
@@ -96,10 +100,10 @@ boost::asio::awaitable<void> run_sse(Stream& stream, stream_request req,
       if (!resync) svc.events->count_cut();
       buf += resync ? "event: resync\ndata: " : "event: error\ndata: ";
       buf += detail::control_message(resync ? "resync" : "error",
-                                     resync ? "resync" : "slow_consumer", b.reason,
-                                     cur.position());
+                                     resync ? "resync" : "slow_consumer", b.reason, cur.position());
       buf += "\n\n";
-      co_await asio::async_write(stream, asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+      co_await asio::async_write(stream, asio::buffer(buf),
+                                 asio::redirect_error(asio::use_awaitable, ec));
       co_return;
     }
     for (const auto& m : b.messages) {
@@ -117,7 +121,8 @@ boost::asio::awaitable<void> run_sse(Stream& stream, stream_request req,
     }
     if (!buf.empty()) {
       last_keepalive = now;
-      co_await asio::async_write(stream, asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+      co_await asio::async_write(stream, asio::buffer(buf),
+                                 asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;
       svc.events->count_delivered(b.messages.size());
     }
@@ -128,13 +133,14 @@ boost::asio::awaitable<void> run_sse(Stream& stream, stream_request req,
               detail::control_message("error", "key_revoked",
                                       "the API key of this stream was revoked", cur.position()) +
               "\n\n";
-        co_await asio::async_write(stream, asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+        co_await asio::async_write(stream, asio::buffer(buf),
+                                   asio::redirect_error(asio::use_awaitable, ec));
         co_return;
       }
     }
     if (b.st == cursor::state::idle) {
-      timer->expires_after(std::min<std::chrono::steady_clock::duration>(svc.keepalive,
-                                                                         svc.revalidate));
+      timer->expires_after(
+          std::min<std::chrono::steady_clock::duration>(svc.keepalive, svc.revalidate));
       boost::system::error_code wait_ec;
       co_await timer->async_wait(asio::redirect_error(asio::use_awaitable, wait_ec));
     }
@@ -257,9 +263,9 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
             reply = std::move(r);
           }
         } else {
-          reply = detail::control_message("error", "unknown_type",
-                                          "unknown message type; use subscribe, unsubscribe or ping",
-                                          st->cur ? st->cur->position() : 0);
+          reply = detail::control_message(
+              "error", "unknown_type", "unknown message type; use subscribe, unsubscribe or ping",
+              st->cur ? st->cur->position() : 0);
         }
       }
       st->outbox.push_back(std::move(reply));
@@ -278,9 +284,9 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
         if (ec) co_return;
       }
       if (st->closing) {
-        co_await ws.async_close(websocket::close_reason(websocket::close_code::policy_error,
-                                                        st->close_reason),
-                                asio::redirect_error(asio::use_awaitable, ec));
+        co_await ws.async_close(
+            websocket::close_reason(websocket::close_code::policy_error, st->close_reason),
+            asio::redirect_error(asio::use_awaitable, ec));
         co_return;
       }
       cursor::batch b;
@@ -298,7 +304,8 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
         co_return;
       }
       for (const auto& m : b.messages) {
-        co_await ws.async_write(asio::buffer(m->json), asio::redirect_error(asio::use_awaitable, ec));
+        co_await ws.async_write(asio::buffer(m->json),
+                                asio::redirect_error(asio::use_awaitable, ec));
         if (ec) co_return;
       }
       svc.events->count_delivered(b.messages.size());
@@ -306,9 +313,9 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
       if (now - last_check >= svc.revalidate) {
         last_check = now;
         if (!(co_await svc.keys->still_valid(req.who))) {
-          std::string m = detail::control_message(
-              "error", "key_revoked", "the API key of this stream was revoked",
-              st->cur ? st->cur->position() : 0);
+          std::string m = detail::control_message("error", "key_revoked",
+                                                  "the API key of this stream was revoked",
+                                                  st->cur ? st->cur->position() : 0);
           co_await ws.async_write(asio::buffer(m), asio::redirect_error(asio::use_awaitable, ec));
           co_await ws.async_close(
               websocket::close_reason(websocket::close_code::policy_error, "key revoked"),

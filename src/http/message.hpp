@@ -3,11 +3,16 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
+
+namespace statetrack::events {
+struct stream_request;
+}
 
 namespace statetrack::http {
 
@@ -30,6 +35,7 @@ struct request {
   std::string last_event_id;  // Last-Event-ID
   std::string client_ip;      // TCP peer address
   bool keep_alive = true;
+  bool websocket_upgrade = false;  // Connection: upgrade + Upgrade: websocket
 };
 
 struct response {
@@ -39,6 +45,9 @@ struct response {
   // Extra headers; names are string literals.
   std::vector<std::pair<std::string_view, std::string>> headers;
   bool close = false;
+  // Set by the event-stream handlers: instead of this response, the server turns the
+  // connection into a WebSocket or server-sent-events stream.
+  std::shared_ptr<events::stream_request> stream;
 
   void set_header(std::string_view name, std::string value) {
     headers.emplace_back(name, std::move(value));

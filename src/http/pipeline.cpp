@@ -11,6 +11,7 @@
 #include "core/api_keys.hpp"
 #include "core/clock.hpp"
 #include "core/error.hpp"
+#include "core/tickets.hpp"
 #include "obs/logger.hpp"
 #include "obs/metrics.hpp"
 #include "obs/request_stats.hpp"
@@ -51,6 +52,32 @@ void set_rate_headers(response& res, const rate_decision& d) {
 }
 
 }  // namespace
+
+// The target with the value of a `ticket` query parameter masked: tickets are single-use
+// and short-lived, but credentials of any kind stay out of log lines.
+void append_redacted_target(std::string& out, std::string_view target) {
+  const auto q = target.find('?');
+  if (q == std::string_view::npos) {
+    out += target;
+    return;
+  }
+  out += target.substr(0, q + 1);
+  std::string_view query = target.substr(q + 1);
+  bool first = true;
+  while (!query.empty()) {
+    const auto amp = query.find('&');
+    std::string_view part = query.substr(0, amp);
+    if (!first) out += '&';
+    first = false;
+    if (part.starts_with("ticket=")) {
+      out += "ticket=[REDACTED]";
+    } else {
+      out += part;
+    }
+    if (amp == std::string_view::npos) break;
+    query.remove_prefix(amp + 1);
+  }
+}
 
 bool is_uuid(std::string_view s) {
   if (s.size() != 36) return false;
@@ -151,7 +178,17 @@ boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
         std::optional<core::principal> who;
         if (!blocked && r.authenticated) {
           std::string_view key = extract_key(req);
-          if (key.empty()) {
+          std::optional<std::string> ticket;
+          if (key.empty() && r.accepts_ticket) {
+            for (auto& [k, v] : parse_query(query)) {
+              if (k == "ticket") ticket = v;
+            }
+          }
+          if (ticket) {
+            // Browsers open streams with a single-use ticket instead of a key header.
+            who = co_await core::redeem_ticket(svc_.store, *ticket, now);
+            if (!who) fail(core::make_error(errc::unauthorized, "Invalid or expired ticket"));
+          } else if (key.empty()) {
             fail(core::make_error(errc::unauthorized, "API key is missing"));
           } else {
             who = co_await svc_.keys.verify(key);
@@ -257,7 +294,7 @@ void pipeline::finish(const request& req, response& res, const std::string& requ
   msg.reserve(req.method_text.size() + target.size() + 32);
   msg += req.method_text;
   msg += ' ';
-  msg += target;
+  append_redacted_target(msg, target);
   msg += ' ';
   msg += std::to_string(res.status);
   msg += " - ";

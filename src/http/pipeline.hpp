@@ -67,6 +67,9 @@ class pipeline {
   obs::counter* auth_throttled_total_ = nullptr;
 };
 
+// Appends `target` with any `ticket` query value replaced by [REDACTED].
+void append_redacted_target(std::string& out, std::string_view target);
+
 // True if `s` is a canonical UUID (8-4-4-4-12 hex).
 bool is_uuid(std::string_view s);
 

@@ -42,6 +42,7 @@ struct route {
   handler_fn handler = nullptr;
   limit_class limit = limit_class::standard;
   bool authenticated = true;
+  bool accepts_ticket = false;  // `?ticket=` (a stream ticket) may replace the key header
   unsigned success_status = 200;
   route_doc doc;
   std::size_t index = 0;  // dense id assigned by the router

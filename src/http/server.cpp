@@ -19,6 +19,7 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 
+#include "events/transport.hpp"
 #include "http/message.hpp"
 #include "http/pipeline.hpp"
 #include "http/tls.hpp"
@@ -30,6 +31,7 @@ namespace statetrack::http {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace bhttp = boost::beast::http;
+namespace websocket = boost::beast::websocket;
 namespace ssl = boost::asio::ssl;
 using tcp = asio::ip::tcp;
 using tls_stream = ssl::stream<beast::tcp_stream>;
@@ -94,6 +96,9 @@ void fill_request(request& out, bhttp::request<bhttp::string_body>& in, const st
         break;
       case bhttp::field::access_control_request_headers:
         out.acr_headers = std::string(f.value());
+        break;
+      case bhttp::field::upgrade:
+        // Set below from the whole message.
         break;
       default: {
         auto name = f.name_string();
@@ -302,6 +307,47 @@ asio::awaitable<void> server::serve(tcp::socket socket) {
   }
 }
 
+// Hands an accepted stream request to the WebSocket or SSE transport. The response's headers
+// (request id, security headers) go on the handshake / the SSE response head.
+template <class Stream>
+asio::awaitable<void> run_stream(Stream& stream, bhttp::request<bhttp::string_body>& msg,
+                                 const response& res, const events::stream_services& svc) {
+  beast::tcp_stream& lowest = beast::get_lowest_layer(stream);
+  boost::system::error_code ec;
+  if (res.stream->kind == events::transport::websocket) {
+    lowest.expires_never();  // the WebSocket layer has its own timeouts and pings
+    websocket::stream<Stream&> ws(stream);
+    websocket::stream_base::timeout t{};
+    t.handshake_timeout = std::chrono::seconds(10);
+    t.idle_timeout = svc.keepalive * 2;  // a ping after half of it; closed without a pong
+    t.keep_alive_pings = true;
+    ws.set_option(t);
+    auto headers = res.headers;
+    ws.set_option(websocket::stream_base::decorator([headers](websocket::response_type& r) {
+      for (const auto& [name, value] : headers) {
+        if (name != "Cache-Control") r.set(name, value);
+      }
+    }));
+    co_await ws.async_accept(msg, asio::redirect_error(asio::use_awaitable, ec));
+    if (ec) co_return;
+    co_await events::run_websocket(ws, *res.stream, svc);
+    co_return;
+  }
+  std::string head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n";
+  for (const auto& [name, value] : res.headers) {
+    head += name;
+    head += ": ";
+    head += value;
+    head += "\r\n";
+  }
+  head += "X-Accel-Buffering: no\r\nConnection: close\r\n\r\n";
+  lowest.expires_never();
+  co_await asio::async_write(stream, asio::buffer(head),
+                             asio::redirect_error(asio::use_awaitable, ec));
+  if (ec) co_return;
+  co_await events::run_sse(stream, *res.stream, svc);
+}
+
 template <class Stream>
 asio::awaitable<void> server::session(Stream& stream, std::string ip) {
   beast::tcp_stream& lowest = beast::get_lowest_layer(stream);
@@ -407,6 +453,7 @@ asio::awaitable<void> server::session(Stream& stream, std::string ip) {
       auto msg = parser.release();
       version = msg.version();
       fill_request(req, msg, ip);
+      req.websocket_upgrade = websocket::is_upgrade(msg);
       head_only = req.verb == method::head;
       if (opts_.redirect_to_https_port != 0) {
         redirect_to_https(req, opts_.redirect_to_https_port, res);
@@ -415,6 +462,13 @@ asio::awaitable<void> server::session(Stream& stream, std::string ip) {
         co_await pipeline_.handle(req, res);
       }
       keep_alive = req.keep_alive && !res.close && !draining_;
+      if (res.stream && opts_.streams != nullptr && (res.status == 101 || res.status == 200)) {
+        // The connection becomes an event stream and ends with it.
+        state->busy = false;
+        co_await run_stream(stream, msg, res, *opts_.streams);
+        close_politely = false;
+        break;
+      }
     }
     if constexpr (is_tls<Stream>) res.set_header("Strict-Transport-Security", hsts_value);
     std::string out = serialize(res, head_only, keep_alive, version);

@@ -33,6 +33,10 @@ class gauge;
 class counter;
 }  // namespace statetrack::obs
 
+namespace statetrack::events {
+struct stream_services;
+}
+
 namespace statetrack::http {
 
 class pipeline;
@@ -53,6 +57,8 @@ struct server_options {
   // Value of the `listener` label of this listener's connection metrics; empty for the main
   // listener (unlabelled series).
   std::string metrics_listener;
+  // Event streams (WebSocket, SSE); owned by the app. Null: stream routes cannot upgrade.
+  const events::stream_services* streams = nullptr;
 };
 
 class server {

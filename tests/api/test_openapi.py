@@ -36,7 +36,8 @@ assert EXPECTED == {(m, re.sub(r":[A-Za-z]+", "{}", p)) for m, p, _ in ROUTES}
 SUCCESS = {(m, re.sub(r":[A-Za-z]+", "{}", p)): code for m, p, code in ROUTES}
 # Routes statetrack adds to the contract (additive; documented like the others).
 ADDITIONAL = {("GET", "/metrics"), ("POST", "/sessions/{}/directive"), ("GET", "/sessions/{}/events"),
-              ("GET", "/incidents"), ("POST", "/incidents/mass-stall/clear")}
+              ("GET", "/incidents"), ("POST", "/incidents/mass-stall/clear"),
+              ("GET", "/events"), ("GET", "/events/stream"), ("POST", "/events/ticket")}
 # Operator routes (src/api/admin.cpp).
 ADDITIONAL |= {("GET", "/admin/log-level"), ("PUT", "/admin/log-level")}
 
