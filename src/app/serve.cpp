@@ -216,6 +216,7 @@ int serve(const config& cfg) {
   };
   wait_level_signal();
 
+  scheduler.apply_restart_grace();
   srv.start();
   if (redirect) redirect->start();
   scheduler.start();

@@ -280,6 +280,11 @@ task_of<heartbeat_outcome> session_service::heartbeat(std::string id, heartbeat_
       s.sweep_at = s.deadline_at;
       tx.update_session(s);
       tx.append_event(session_event("session.reactivated", s, now));
+    } else if (s.status == session_status::active && s.deadline_at < s.sweep_at) {
+      // The deadline moved earlier than the sweep key (after a restart grace or an extend_s):
+      // pull the key back so the sweep still sees the session at its real deadline (rare).
+      s.sweep_at = s.deadline_at;
+      tx.update_session(s);
     } else {
       tx.update_session_liveness(s);
     }

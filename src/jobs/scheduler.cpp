@@ -6,6 +6,7 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
 
 #include "core/clock.hpp"
 #include "core/consistency.hpp"
@@ -71,23 +72,24 @@ scheduler::scheduler(asio::io_context& ioc, scheduler_options opts, core::sessio
       });
 }
 
+void scheduler::apply_restart_grace() {
+  if (!opts_.enabled || opts_.restart_grace_s <= 0) return;
+  // Runs to completion before the server accepts requests and before the first sweep.
+  asio::io_context once;
+  auto done = asio::co_spawn(
+      once, sessions_.apply_restart_grace(clock_.now(), opts_.restart_grace_s * 1000),
+      asio::use_future);
+  once.run();
+  const std::int64_t n = done.get();
+  if (n > 0) {
+    obs::fields f;
+    f.add("sessions", n).add("grace_s", opts_.restart_grace_s);
+    log_.warn("Scheduler", "restart grace given to overdue sessions", &f);
+  }
+}
+
 void scheduler::start() {
   if (!opts_.enabled) return;
-  // Sessions whose deadline passed while the tracker was down get a grace period first.
-  if (opts_.restart_grace_s > 0) {
-    asio::co_spawn(
-        ioc_,
-        [this]() -> asio::awaitable<void> {
-          auto n =
-              co_await sessions_.apply_restart_grace(clock_.now(), opts_.restart_grace_s * 1000);
-          if (n > 0) {
-            obs::fields f;
-            f.add("sessions", n).add("grace_s", opts_.restart_grace_s);
-            log_.warn("Scheduler", "restart grace given to overdue sessions", &f);
-          }
-        },
-        asio::detached);
-  }
   auto spawn = [&](std::size_t index, std::int64_t every_s,
                    std::function<asio::awaitable<std::int64_t>()> body) {
     asio::co_spawn(

@@ -67,6 +67,9 @@ class scheduler {
             core::machine_service& machines, storage::store& store, const core::clock& clk,
             obs::logger& log, obs::registry& metrics);
 
+  // Sessions whose deadline passed while the tracker was down (or passes within the grace)
+  // get until start + grace. Call once at start-up, before accepting requests.
+  void apply_restart_grace();
   void start();
   void stop();
   bool enabled() const { return opts_.enabled; }

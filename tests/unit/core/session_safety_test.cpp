@@ -273,6 +273,31 @@ TEST_F(SessionSafetyTest, RestartGraceProtectsSessionsThatExpiredWhileDown) {
   EXPECT_EQ(sweep().stalled.size(), 1U);
 }
 
+TEST_F(SessionSafetyTest, AHeartbeatAfterAGraceOrALongStepKeepsTheSweepOnTime) {
+  // Found by the stall simulator: after a restart grace (or an extend_s), the sweep key was
+  // later than the next heartbeat's deadline, so a crash right after that heartbeat was
+  // detected only at the grace end.
+  auto s = create(10);
+  clock_.set(t0 + 300'000);
+  ASSERT_EQ(run_sync(sessions_.apply_restart_grace(clock_.now(), 60'000)), 1);
+  clock_.advance_ms(1'000);
+  auto hb = run_sync(sessions_.heartbeat(s.session_id)).value();
+  EXPECT_EQ(hb.s.deadline_at, clock_.now() + 10'000);
+  EXPECT_LE(run_sync(sessions_.get(s.session_id))->sweep_at, hb.s.deadline_at);
+  clock_.advance_ms(10'001);  // the agent died right after that heartbeat
+  EXPECT_EQ(sweep().stalled.size(), 1U);
+
+  auto long_step = create(10);
+  heartbeat_input in;
+  in.extend_s = 30;
+  ASSERT_TRUE(run_sync(sessions_.heartbeat(long_step.session_id, in)));
+  clock_.advance_ms(11'000);
+  EXPECT_TRUE(sweep().stalled.empty());  // re-armed at the extended deadline
+  ASSERT_TRUE(run_sync(sessions_.heartbeat(long_step.session_id)));
+  clock_.advance_ms(10'001);
+  EXPECT_EQ(sweep().stalled.size(), 1U);
+}
+
 TEST_F(SessionSafetyTest, RecoveryElsewhereReleasesTheOldSlot) {
   register_machine_input m;
   m.machine_id = "old";
