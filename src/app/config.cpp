@@ -309,7 +309,7 @@ const std::vector<option_def>& table() {
        "1000000",
        "Keep at most this many events",
        false,
-       ST_INT(event_retention_count, 1000, big)},
+       ST_INT(event_retention_count, 10, big)},
       {"restart-grace-s",
        {"STATETRACK_RESTART_GRACE_S"},
        "60",

@@ -4,6 +4,7 @@
 #include <csignal>
 #include <iostream>
 #include <sched.h>
+#include <sys/resource.h>
 #include <thread>
 #include <vector>
 
@@ -50,7 +51,19 @@ std::size_t available_cores() {
 
 }  // namespace
 
+namespace {
+// Every connection and event stream is a descriptor: use the hard limit, not the 1024 default.
+void raise_fd_limit() {
+  rlimit rl{};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &rl);
+  }
+}
+}  // namespace
+
 int serve(const config& cfg) {
+  raise_fd_limit();
   obs::level lvl = obs::level::info;
   obs::parse_level(cfg.log_level, lvl);
   obs::logger log(lvl,
