@@ -192,7 +192,7 @@ awaitable<void> get_session_events(context& ctx) {
   std::vector<std::string> problems;
   if (auto v = query_value(ctx, "after")) {
     double n = js_number(*v);
-    if (!std::isfinite(n) || std::floor(n) != n || n < 0) {
+    if (!std::isfinite(n) || std::floor(n) != n || n < 0 || n > 9e15) {
       problems.emplace_back("after must be an integer not less than 0");
     } else {
       after = static_cast<std::int64_t>(n);
@@ -472,7 +472,7 @@ awaitable<void> get_sessions_archived(context& ctx) {
   }
   if (auto v = query_value(ctx, "offset")) {
     double n = js_number(*v);
-    if (!std::isfinite(n) || std::floor(n) != n || n < 0) {
+    if (!std::isfinite(n) || std::floor(n) != n || n < 0 || n > 9e15) {
       problems.emplace_back("offset must be an integer not less than 0");
     } else {
       q.offset = static_cast<std::int64_t>(n);

@@ -11,12 +11,17 @@
 
 #include "core/types.hpp"
 #include "http/router.hpp"
+#include "util/json_writer.hpp"
 
 namespace statetrack::api {
 
 namespace json = boost::json;
 
 namespace {
+
+// Integers beyond 2^53 - 1 are not exact in a JSON number (a double); they are refused
+// rather than cast (which would be undefined behaviour beyond the int64 range).
+constexpr double max_safe_integer = 9007199254740991.0;
 
 std::string fmt_number(double d) {
   char buf[32];
@@ -106,7 +111,7 @@ void check_field(const field_spec& f, json::value& v, std::vector<std::string>& 
         out.push_back(type_message(f));
         return;
       }
-      if (f.integer && std::floor(*n) != *n) {
+      if (f.integer && (std::floor(*n) != *n || std::abs(*n) > max_safe_integer)) {
         out.push_back(std::string(f.name) + " must be an integer number");
         return;
       }
@@ -170,6 +175,24 @@ void check_missing(const field_spec& f, std::vector<std::string>& out) {
   if (!f.required) return;
   if (f.not_empty) out.push_back(std::string(f.name) + " should not be empty");
   out.push_back(type_message(f));
+}
+
+// Every string (and key) must be valid UTF-8: stored text is emitted verbatim later, and a
+// lone surrogate escape (\ud800) or a raw byte from a form body would make invalid JSON.
+bool has_invalid_utf8(const json::value& v, int depth = 0) {
+  if (depth > 64) return true;
+  if (v.is_string()) return !util::valid_utf8(v.as_string());
+  if (v.is_array()) {
+    for (const auto& e : v.as_array()) {
+      if (has_invalid_utf8(e, depth + 1)) return true;
+    }
+  }
+  if (v.is_object()) {
+    for (const auto& kv : v.as_object()) {
+      if (!util::valid_utf8(kv.key()) || has_invalid_utf8(kv.value(), depth + 1)) return true;
+    }
+  }
+  return false;
 }
 
 bool has_nonfinite(const json::value& v, int depth = 0) {
@@ -300,7 +323,7 @@ core::result<json::object> validate_query(
         msgs.push_back(type_message(f));
         continue;
       }
-      if (f.integer && std::floor(n) != n) {
+      if (f.integer && (std::floor(n) != n || std::abs(n) > max_safe_integer)) {
         msgs.push_back(std::string(f.name) + " must be an integer number");
         continue;
       }
@@ -438,7 +461,11 @@ core::result<json::value> parse_body(std::string_view content_type, std::string_
     json::object o;
     for (auto& [k, v] : http::parse_query(body))
       o[k] = v;
-    return json::value(std::move(o));
+    json::value form(std::move(o));
+    if (has_invalid_utf8(form)) {
+      return core::make_error(core::errc::bad_request, "Request body text must be valid UTF-8");
+    }
+    return form;
   }
   bool is_json =
       ct == "application/json" || (ct.starts_with("application/") && ct.ends_with("+json"));
@@ -458,6 +485,9 @@ core::result<json::value> parse_body(std::string_view content_type, std::string_
   if (has_nonfinite(v)) {
     return core::make_error(core::errc::bad_request,
                             "Malformed JSON in request body: numbers must be finite");
+  }
+  if (has_invalid_utf8(v)) {
+    return core::make_error(core::errc::bad_request, "Request body text must be valid UTF-8");
   }
   return v;
 }

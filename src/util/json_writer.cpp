@@ -49,6 +49,15 @@ constexpr std::array<bool, 256> special_table = [] {
   return t;
 }();
 
+bool valid_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    const std::size_t n = utf8_sequence_length(s, i);
+    if (n == 0) return false;
+    i += n;
+  }
+  return true;
+}
+
 void append_json_escaped(std::string& out, std::string_view s) {
   std::size_t i = 0;
   std::size_t run = 0;  // start of the pending run of plain bytes

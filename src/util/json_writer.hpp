@@ -8,6 +8,9 @@
 
 namespace statetrack::util {
 
+// True when `s` is well-formed UTF-8 (no overlongs, surrogates or truncated sequences).
+bool valid_utf8(std::string_view s);
+
 // Escapes `s` as the inside of a JSON string (no quotes), replacing invalid UTF-8 with U+FFFD.
 void append_json_escaped(std::string& out, std::string_view s);
 

@@ -104,6 +104,28 @@ TEST(Validation, QueryNumbersUseJavaScriptNumber) {
   ASSERT_FALSE(repeated);
 }
 
+TEST(Validation, HugeIntegersAreRefusedNotCast) {
+  // Found by fuzzing: casting 8.9e19 to int64 is undefined behaviour.
+  using params = std::vector<std::pair<std::string, std::string>>;
+  auto r = validate_query(schemas::list_sessions, params{{"offset", "00888888888888888888"}});
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().field_messages.at(0), "offset must be an integer number");
+  auto body = validate_body(
+      schemas::create_session,
+      json::parse(R"({"project_id":"p","machine_id":"m","heartbeat_timeout_s":1e300})"));
+  ASSERT_FALSE(body);
+}
+
+TEST(Body, TextMustBeValidUtf8) {
+  // Found by fuzzing: form values are raw bytes, and a lone surrogate escape decodes to
+  // bytes that are not UTF-8; either would later be emitted verbatim as invalid JSON.
+  auto form = parse_body("application/x-www-form-urlencoded", "reason=dis%E0%E0");
+  ASSERT_FALSE(form);
+  EXPECT_EQ(form.error().message, "Request body text must be valid UTF-8");
+  EXPECT_FALSE(parse_body("application/json", R"({"reason":"\ud800"})"));
+  EXPECT_TRUE(parse_body("application/json", R"({"reason":"caf\u00e9 \ud83d\ude00"})"));
+}
+
 TEST(Validation, JsNumber) {
   EXPECT_EQ(js_number(""), 0);
   EXPECT_EQ(js_number("  42  "), 42);
