@@ -149,6 +149,27 @@ std::int64_t recovery_attempts(const session& s) {
   return recovery_attempts(parse_metadata(s.metadata));
 }
 
+// The shape of most session writes: read the row (404 if missing), let `change` apply the rule
+// (or refuse with an error), stamp updated_at, write the whole row and append `event_type` —
+// one transaction, so the rule always sees the state it changes.
+template <class Change>
+task_of<session> session_service::transition(std::string id, std::string_view event_type,
+                                             Change change) {
+  auto fn = [&](write_txn& tx) -> result<session> {
+    // Time is read inside the transaction, so timestamps follow the commit order.
+    const timestamp now = clock_.now();
+    auto found = tx.get_session(id);
+    if (!found) return session_not_found(id);
+    session s = std::move(*found);
+    if (std::optional<error> refused = change(s, now, tx)) return std::move(*refused);
+    s.updated_at = now;
+    tx.update_session(s);
+    tx.append_event(session_event(event_type, s, now));
+    return s;
+  };
+  co_return co_await storage::write(store_, std::move(fn));
+}
+
 // POST /sessions
 task_of<session> session_service::create(create_session_input in) {
   std::vector<std::string> problems;
@@ -200,12 +221,7 @@ boost::asio::awaitable<std::vector<session>> session_service::list(session_list_
 
 // PUT /sessions/:id — no transition rules (contract §4.2.4).
 task_of<session> session_service::update(std::string id, update_session_input in) {
-  auto fn = [&](write_txn& tx) -> result<session> {
-    // Time is read inside the transaction, so timestamps follow the commit order.
-    const timestamp now = clock_.now();
-    auto found = tx.get_session(id);
-    if (!found) return session_not_found(id);
-    session s = std::move(*found);
+  auto change = [&in](session& s, timestamp now, write_txn&) -> std::optional<error> {
     if (in.clear_input_timeout_s) s.input_timeout_s.reset();
     if (in.input_timeout_s) s.input_timeout_s = in.input_timeout_s;
     if (in.status) enter_status(s, *in.status, now, in.last_heartbeat.has_value());
@@ -228,30 +244,19 @@ task_of<session> session_service::update(std::string id, update_session_input in
       if (in.input_timeout_s || in.clear_input_timeout_s) s.escalated_at.reset();
       s.sweep_at = escalation_due(s, now);
     }
-    s.updated_at = now;
-    tx.update_session(s);
-    tx.append_event(session_event("session.updated", s, now));
-    return s;
+    return std::nullopt;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await transition(std::move(id), "session.updated", change);
 }
 
 // DELETE /sessions/:id — completed from any status.
 task_of<session> session_service::soft_delete(std::string id) {
-  auto fn = [&](write_txn& tx) -> result<session> {
-    // Time is read inside the transaction, so timestamps follow the commit order.
-    const timestamp now = clock_.now();
-    auto found = tx.get_session(id);
-    if (!found) return session_not_found(id);
-    session s = std::move(*found);
+  auto change = [](session& s, timestamp now, write_txn&) -> std::optional<error> {
     enter_status(s, session_status::completed, now, false);
     s.completed_at = now;
-    s.updated_at = now;
-    tx.update_session(s);
-    tx.append_event(session_event("session.completed", s, now));
-    return s;
+    return std::nullopt;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await transition(std::move(id), "session.completed", change);
 }
 
 // POST /sessions/:id/heartbeat — the hot path: one indexed read and one narrow update.
@@ -362,12 +367,7 @@ task_of<failure_info_data> session_service::failure_info(std::string id) {
 // POST /sessions/:id/mark-failed
 task_of<session> session_service::mark_failed(std::string id, std::string reason,
                                               std::optional<json::object> error_details) {
-  auto fn = [&](write_txn& tx) -> result<session> {
-    // Time is read inside the transaction, so timestamps follow the commit order.
-    const timestamp now = clock_.now();
-    auto found = tx.get_session(id);
-    if (!found) return session_not_found(id);
-    session s = std::move(*found);
+  auto change = [&](session& s, timestamp now, write_txn&) -> std::optional<error> {
     if (s.status == session_status::completed) {
       return make_error(errc::bad_request, "Cannot mark completed session as failed");
     }
@@ -378,22 +378,14 @@ task_of<session> session_service::mark_failed(std::string id, std::string reason
     patch["failure_timestamp"] = iso(now);
     if (error_details) patch["error_details"] = *error_details;
     s.metadata = merge_metadata(s.metadata, patch);
-    s.updated_at = now;
-    tx.update_session(s);
-    tx.append_event(session_event("session.failed", s, now));
-    return s;
+    return std::nullopt;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await transition(std::move(id), "session.failed", change);
 }
 
 // POST /sessions/:id/mark-stalled
 task_of<session> session_service::mark_stalled(std::string id, std::string reason) {
-  auto fn = [&](write_txn& tx) -> result<session> {
-    // Time is read inside the transaction, so timestamps follow the commit order.
-    const timestamp now = clock_.now();
-    auto found = tx.get_session(id);
-    if (!found) return session_not_found(id);
-    session s = std::move(*found);
+  auto change = [&](session& s, timestamp now, write_txn&) -> std::optional<error> {
     if (s.status == session_status::completed || s.status == session_status::failed) {
       return make_error(errc::bad_request,
                         "Cannot mark " + std::string(to_string(s.status)) + " session as stalled");
@@ -403,22 +395,14 @@ task_of<session> session_service::mark_stalled(std::string id, std::string reaso
     patch["stalled_reason"] = reason;
     patch["stalled_timestamp"] = iso(now);
     s.metadata = merge_metadata(s.metadata, patch);
-    s.updated_at = now;
-    tx.update_session(s);
-    tx.append_event(session_event("session.stalled", s, now));
-    return s;
+    return std::nullopt;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await transition(std::move(id), "session.stalled", change);
 }
 
 // POST /sessions/:id/archive
 task_of<session> session_service::archive(std::string id) {
-  auto fn = [&](write_txn& tx) -> result<session> {
-    // Time is read inside the transaction, so timestamps follow the commit order.
-    const timestamp now = clock_.now();
-    auto found = tx.get_session(id);
-    if (!found) return session_not_found(id);
-    session s = std::move(*found);
+  auto change = [](session& s, timestamp now, write_txn&) -> std::optional<error> {
     if (!is_terminal_for_archive(s.status)) {
       return make_error(errc::bad_request,
                         "Cannot archive session with status \"" + std::string(to_string(s.status)) +
@@ -426,12 +410,9 @@ task_of<session> session_service::archive(std::string id) {
                             "archived.");
     }
     enter_status(s, session_status::archived, now, false);
-    s.updated_at = now;
-    tx.update_session(s);
-    tx.append_event(session_event("session.archived", s, now));
-    return s;
+    return std::nullopt;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await transition(std::move(id), "session.archived", change);
 }
 
 // DELETE /sessions/:id/purge — confirm is checked before existence (contract §4.5.2).
@@ -795,20 +776,12 @@ task_of<mass_stall_incident> session_service::clear_incident() {
 // POST /sessions/:id/directive
 task_of<session> session_service::set_directive(std::string id, directive d,
                                                 std::optional<std::string> reason) {
-  auto fn = [&](write_txn& tx) -> result<session> {
-    // Time is read inside the transaction, so timestamps follow the commit order.
-    const timestamp now = clock_.now();
-    auto found = tx.get_session(id);
-    if (!found) return session_not_found(id);
-    session s = std::move(*found);
+  auto change = [&](session& s, timestamp, write_txn&) -> std::optional<error> {
     s.dir = d;
     s.directive_reason = reason;
-    s.updated_at = now;
-    tx.update_session(s);
-    tx.append_event(session_event("session.directive_changed", s, now));
-    return s;
+    return std::nullopt;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await transition(std::move(id), "session.directive_changed", change);
 }
 
 // GET /sessions/:id/events — the timeline, also after a purge (the events remain).

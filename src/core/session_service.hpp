@@ -186,6 +186,9 @@ class session_service {
   const clock& time() const { return clock_; }
 
  private:
+  template <class Change>
+  task_of<session> transition(std::string id, std::string_view event_type, Change change);
+
   storage::store& store_;
   const clock& clock_;
 };
