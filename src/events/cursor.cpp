@@ -21,14 +21,29 @@ cursor::batch cursor::next(std::size_t max) {
                    " is newer than the event log (" + std::to_string(head) + "); refetch state";
       return out;
     }
+    // Retention is decided by the log, not by what the in-memory ring still happens to hold.
+    if (next_seq_ <= head) {
+      std::vector<core::event> first;
+      const std::int64_t after = next_seq_ - 1;
+      hub_.store().read_now([&](storage::read_view& v) { first = v.events_after(after, 1); });
+      if (first.empty() || first.front().seq != next_seq_) {
+        out.st = state::resync;
+        out.reason = "events after seq " + std::to_string(after) +
+                     " are no longer retained; refetch state and subscribe without since";
+        return out;
+      }
+    }
   }
-  if (head - (next_seq_ - 1) > hub_.options().max_lag) {
+  if (live_ && head - (next_seq_ - 1) > hub_.options().max_lag) {
     out.st = state::lagged;
     out.reason = "subscriber fell behind by more than " + std::to_string(hub_.options().max_lag) +
                  " events; reconnect with since=" + std::to_string(next_seq_ - 1);
     return out;
   }
-  if (next_seq_ > head) return out;  // idle: caught up
+  if (next_seq_ > head) {
+    live_ = true;
+    return out;  // idle: caught up
+  }
   std::vector<message_ptr> candidates;
   if (auto recent = hub_.from_ring(next_seq_, max)) {
     candidates = std::move(*recent);

@@ -38,6 +38,9 @@ class cursor {
   filter filter_;
   std::int64_t next_seq_;
   bool checked_start_ = false;
+  // Only a subscriber that has caught up once is cut for lagging: one resuming from older
+  // history reads it page by page from the store and may take its time.
+  bool live_ = false;
 };
 
 }  // namespace statetrack::events

@@ -109,6 +109,17 @@ void hub::pull() {
   }
 }
 
+void hub::shutdown() {
+  closing_ = true;
+  std::vector<waiter> to_wake;
+  {
+    std::lock_guard lk(mu_);
+    to_wake = waiters_;
+  }
+  for (auto& w : to_wake)
+    asio::post(w.ex, w.wake);
+}
+
 std::uint64_t hub::add_waiter(asio::any_io_executor ex, std::function<void()> wake) {
   std::lock_guard lk(mu_);
   const std::uint64_t token = next_token_++;

@@ -5,6 +5,7 @@
 // resumes from older history reads it from the store. Shared by every I/O thread.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -72,6 +73,10 @@ class hub {
   std::int64_t head() const;  // highest seq known to the hub (0 when none)
 
   const hub_options& options() const { return opts_; }
+
+  // Server shutdown: every stream is woken and ends (WebSocket with 1001 going away).
+  void shutdown();
+  bool closing() const { return closing_.load(); }
   storage::store& store() { return store_; }
 
   // Counters of the stream sessions.
@@ -96,6 +101,7 @@ class hub {
     std::function<void()> wake;
   };
   std::vector<waiter> waiters_;
+  std::atomic<bool> closing_{false};
   std::uint64_t next_token_ = 1;
   obs::gauge* subscribers_ = nullptr;
   obs::counter* delivered_ = nullptr;

@@ -92,7 +92,7 @@ boost::asio::awaitable<void> run_sse(Stream& stream, stream_request req,
   co_await asio::async_write(stream, asio::buffer(buf),
                              asio::redirect_error(asio::use_awaitable, ec));
   for (;;) {
-    if (ec) co_return;
+    if (ec || svc.events->closing()) co_return;
     auto b = cur.next(256);
     buf.clear();
     if (b.st == cursor::state::resync || b.st == cursor::state::lagged) {
@@ -162,7 +162,6 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
     std::deque<std::string> outbox;  // replies to client messages, sent before events
     std::optional<cursor> cur;
     bool closing = false;
-    std::string close_reason;
   };
   auto ex = co_await asio::this_coro::executor;
   auto timer = std::make_shared<asio::steady_timer>(ex);
@@ -187,9 +186,13 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
         in_window = 0;
       }
       if (++in_window > svc.max_client_messages_per_s) {
+        // Closed from here (a close may run beside the writer's write): returning first
+        // would let `||` cancel the writer before it could send the close frame.
         st->closing = true;
-        st->close_reason = "too many messages";
-        timer->cancel();
+        boost::system::error_code cec;
+        co_await ws.async_close(
+            websocket::close_reason(websocket::close_code::policy_error, "too many messages"),
+            asio::redirect_error(asio::use_awaitable, cec));
         co_return;
       }
       std::string text = boost::beast::buffers_to_string(in.data());
@@ -283,9 +286,10 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
         co_await ws.async_write(asio::buffer(m), asio::redirect_error(asio::use_awaitable, ec));
         if (ec) co_return;
       }
-      if (st->closing) {
+      if (st->closing) co_return;  // the reader is closing the connection
+      if (svc.events->closing()) {
         co_await ws.async_close(
-            websocket::close_reason(websocket::close_code::policy_error, st->close_reason),
+            websocket::close_reason(websocket::close_code::going_away, "server shutting down"),
             asio::redirect_error(asio::use_awaitable, ec));
         co_return;
       }

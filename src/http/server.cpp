@@ -253,6 +253,16 @@ void server::begin_drain() {
   }
 }
 
+void server::force_close() {
+  std::lock_guard lk(mu_);
+  for (const auto& c : conns_) {
+    asio::post(c->executor, [c] {
+      boost::system::error_code ec;
+      if (c->stream != nullptr) c->stream->socket().close(ec);
+    });
+  }
+}
+
 asio::awaitable<void> server::accept_loop() {
   for (;;) {
     boost::system::error_code ec;

@@ -74,6 +74,9 @@ class server {
   void start();
   // Stops accepting, closes idle connections, asks busy ones to close after their response.
   void begin_drain();
+  // After the drain deadline: closes every remaining connection's socket so that its coroutine
+  // ends now (instead of being destroyed suspended with the stopped io_contexts).
+  void force_close();
   std::size_t connections() const;
 
   struct connection_state;
