@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # One command to run every test suite: installs what is missing, builds, then runs
 #   1. unit tests (no network, no database)             ctest -L unit
-#   2. storage conformance suite                         ctest -L storage
+#   2. storage conformance suite, SQLite and PostgreSQL  ctest -L storage
 #   3. black-box API suite against the real binary       pytest tests/api
-#   4. the same unit and API suites in an address + undefined-behaviour sanitizer build
+#   4. the same API suite on PostgreSQL, with the PostgreSQL-only cases (several instances,
+#      outage, failover)                                 ST_BACKEND=postgres pytest tests/api
+#   5. the same unit and API suites in an address + undefined-behaviour sanitizer build
+# PostgreSQL runs in a throwaway cluster this script starts (scripts/pg-cluster.sh: the postgres
+# user, a temporary directory, loopback only) and stops on exit, whatever happens.
 # and, before building, checks the Prometheus alert rules (promtool) and the Grafana dashboard's
 # queries; tests/api/test_monitoring.py checks both against the metrics the server exports.
-# Set ST_SKIP_ASAN=1 to skip phase 4 while iterating locally.
+# Set ST_SKIP_ASAN=1 to skip phase 5 while iterating locally.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,11 +47,45 @@ cmake --build --preset debug -j "$jobs"
 phase "unit tests"
 ctest --test-dir build/debug -L unit --output-on-failure -j "$jobs"
 
-phase "storage conformance tests"
-ctest --test-dir build/debug -L storage --output-on-failure
+phase "throwaway PostgreSQL cluster"
+pg_dir=$(mktemp -d /tmp/statetrack-pg.XXXXXX)
+pg_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+trap './scripts/pg-cluster.sh stop "$pg_dir" >/dev/null 2>&1 || true' EXIT
+ST_PG_CONNINFO=$(./scripts/pg-cluster.sh start "$pg_dir" "$pg_port")
+export ST_PG_CONNINFO
+echo "PostgreSQL 15 at $ST_PG_CONNINFO (data in $pg_dir)"
+
+phase "storage conformance tests (SQLite and PostgreSQL)"
+storage_log=$(mktemp)
+ctest --test-dir build/debug -L storage --output-on-failure -j "$jobs" | tee "$storage_log"
+# The PostgreSQL cases skip themselves when there is no cluster; here they must have run.
+if grep -q "Skipped" "$storage_log" || ! grep -q "/postgres " "$storage_log"; then
+  echo "the PostgreSQL storage cases did not run" >&2
+  exit 1
+fi
+rm -f "$storage_log"
 
 phase "API tests (debug build)"
 STATETRACK_BIN="$root/build/debug/statetrack" "$PY" -m pytest -q -p no:cacheprovider tests/api
+
+phase "API tests on PostgreSQL (debug build)"
+pg_junit=$(mktemp --suffix=.xml)
+ST_BACKEND=postgres STATETRACK_BIN="$root/build/debug/statetrack" "$PY" -m pytest -q \
+  -p no:cacheprovider --junitxml="$pg_junit" tests/api
+# The PostgreSQL-only cases (several instances, outage, failover) skip themselves elsewhere;
+# here every one of them must have run and passed.
+"$PY" - "$pg_junit" <<'PYEOF'
+import sys
+import xml.etree.ElementTree as ET
+cases = [c for c in ET.parse(sys.argv[1]).iter("testcase")
+         if "test_postgres_cluster" in (c.get("classname") or "")]
+bad = [c.get("name") for c in cases
+       if any(ch.tag in ("skipped", "failure", "error") for ch in c)]
+if not cases or bad:
+    sys.exit(f"PostgreSQL cluster cases did not all run: {len(cases)} found, not passed: {bad}")
+print(f"{len(cases)} PostgreSQL cluster cases ran and passed")
+PYEOF
+rm -f "$pg_junit"
 
 if [ "${ST_SKIP_ASAN:-0}" != 1 ]; then
   phase "address + undefined-behaviour sanitizer build"

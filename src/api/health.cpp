@@ -142,6 +142,10 @@ awaitable<void> get_health_detailed(context& ctx) {
   w.field("uptime", uptime_s(svc));
   w.key("database").begin_object();
   w.field("status", p ? "connected" : "disconnected");
+  if (!p) {
+    const auto why = svc.store.unavailable_reason();
+    w.field("reason", why.empty() ? std::string("the database did not answer") : why);
+  }
   w.field("latency", latency);
   w.field("backend", svc.store.backend_name());
   auto st = svc.store.stats();

@@ -3,6 +3,7 @@
 
 #include <cstdlib>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,8 @@
 #include "app/serve.hpp"
 #include "core/api_keys.hpp"
 #include "core/clock.hpp"
+#include "storage/postgres/conninfo.hpp"
+#include "storage/postgres/pg_store.hpp"
 #include "storage/sqlite/sqlite_store.hpp"
 
 namespace statetrack::app {
@@ -37,10 +40,33 @@ std::string default_db() {
   return v != nullptr && *v != '\0' ? v : "./var/statetrack.db";
 }
 
+constexpr const char* db_help =
+    "SQLite database file, or a PostgreSQL connection string (postgres://... or host=...)";
+
+// The database named by --db, as `serve` would open it (a short-lived client: one reader, no
+// event listener).
+std::unique_ptr<storage::store> open_store(const std::string& db) {
+  if (storage::postgres::is_conninfo(db)) {
+    storage::postgres::store_options o;
+    o.conninfo = db;
+    o.pool_size = 1;
+    o.listen = false;
+    o.application_name = "statetrack-cli";
+    return std::make_unique<storage::postgres::pg_store>(o);
+  }
+  storage::sqlite::store_options so;
+  so.path = db;
+  return std::make_unique<storage::sqlite::sqlite_store>(so);
+}
+
+std::string shown(const std::string& db) {
+  return storage::postgres::is_conninfo(db) ? storage::postgres::redact(db) : db;
+}
+
 int keys_command(const std::vector<std::string>& args) {
   po::options_description d("statetrack keys options");
   d.add_options()("help,h", "Show this help")(
-      "db", po::value<std::string>()->default_value(default_db()), "SQLite database file")(
+      "db", po::value<std::string>()->default_value(default_db()), db_help)(
       "name", po::value<std::string>()->default_value("key"), "Name of a new key (create)")(
       "role", po::value<std::string>()->default_value("admin"),
       "Role of a new key: admin, write or read (create)");
@@ -68,9 +94,8 @@ int keys_command(const std::vector<std::string>& args) {
   const std::string action = vm["action"].as<std::string>();
   const std::string db = vm["db"].as<std::string>();
   try {
-    storage::sqlite::store_options so;
-    so.path = db;
-    storage::sqlite::sqlite_store store(so);
+    auto opened = open_store(db);
+    storage::store& store = *opened;
     core::system_clock clock;
     if (action == "create") {
       auto role = core::parse_role(vm["role"].as<std::string>());
@@ -139,7 +164,7 @@ int keys_command(const std::vector<std::string>& args) {
 int db_command(const std::string& name, const std::vector<std::string>& args) {
   po::options_description d("statetrack " + name + " options");
   d.add_options()("help,h", "Show this help")(
-      "db", po::value<std::string>()->default_value(default_db()), "SQLite database file");
+      "db", po::value<std::string>()->default_value(default_db()), db_help);
   po::options_description hidden;
   hidden.add_options()("dest", po::value<std::string>());
   po::options_description all;
@@ -161,15 +186,22 @@ int db_command(const std::string& name, const std::vector<std::string>& args) {
   }
   const std::string db = vm["db"].as<std::string>();
   try {
+    const bool postgres = storage::postgres::is_conninfo(db);
     if (name == "migrate") {
-      auto applied = storage::sqlite::sqlite_store::migrate(db);
+      auto applied = postgres ? storage::postgres::pg_store::migrate(db)
+                              : storage::sqlite::sqlite_store::migrate(db);
       if (applied.empty()) {
-        std::cout << "database " << db << " is up to date\n";
+        std::cout << "database " << shown(db) << " is up to date\n";
       } else {
         for (int v : applied)
           std::cout << "applied migration " << v << "\n";
       }
       return 0;
+    }
+    if (postgres) {
+      std::cerr << "statetrack backup: copies SQLite files; back PostgreSQL up with its own "
+                   "tools (pg_dump, pg_basebackup, continuous archiving)\n";
+      return 2;
     }
     if (vm.count("dest") == 0) {
       std::cerr << "statetrack backup: give the destination file\n";

@@ -142,13 +142,30 @@ const std::vector<option_def>& table() {
       {"db",
        {"STATETRACK_DB"},
        "./var/statetrack.db",
-       "SQLite database file",
+       "SQLite database file, or a PostgreSQL connection string: a postgres:// or "
+       "postgresql:// URI or libpq keywords (host=... dbname=...), multi-host with "
+       "target_session_attrs=read-write for failover",
        false,
        [](config& c, const std::string& v) {
          if (v.empty()) return std::string("must not be empty");
          c.db = v;
          return std::string();
        }},
+      {"db-pool-size",
+       {"STATETRACK_DB_POOL_SIZE"},
+       "4",
+       "PostgreSQL: reader connections (each with its own thread) per instance; the writer and "
+       "the event listener use one more connection each",
+       false,
+       ST_INT(db_pool_size, 1, 64)},
+      {"db-timeout-ms",
+       {"STATETRACK_DB_TIMEOUT_MS"},
+       "5000",
+       "PostgreSQL: longest an operation waits for the database (queueing, reconnecting, the "
+       "statement itself); past it the request gets 503 with Retry-After, and while the "
+       "database stays unreachable requests fail at once",
+       false,
+       ST_INT(db_timeout_ms, 100, 600000)},
       {"threads",
        {"STATETRACK_THREADS"},
        "0",

@@ -13,11 +13,13 @@ namespace statetrack::app {
 struct config {
   std::string host = "0.0.0.0";
   std::int64_t port = 3000;
-  std::string tls_cert;            // PEM certificate chain; with tls_key: HTTPS only
-  std::string tls_key;             // PEM private key
-  std::int64_t redirect_port = 0;  // plain listener answering 308 to https; 0 = off
-  std::string db = "./var/statetrack.db";
-  std::int64_t threads = 0;  // 0 = one per available core
+  std::string tls_cert;                    // PEM certificate chain; with tls_key: HTTPS only
+  std::string tls_key;                     // PEM private key
+  std::int64_t redirect_port = 0;          // plain listener answering 308 to https; 0 = off
+  std::string db = "./var/statetrack.db";  // SQLite file, or a PostgreSQL connection string
+  std::int64_t db_pool_size = 4;           // PostgreSQL reader connections per instance
+  std::int64_t db_timeout_ms = 5000;       // PostgreSQL: longest wait for the database
+  std::int64_t threads = 0;                // 0 = one per available core
   std::vector<std::string> api_keys;
   std::string log_level = "info";
   std::string log_format = "json";

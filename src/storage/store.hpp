@@ -170,6 +170,9 @@ class store {
 
   // Round trip to the database in milliseconds, or nullopt when it is unreachable.
   virtual std::optional<double> ping() = 0;
+  // Why the database cannot be used right now, in words fit for a public health page (no
+  // addresses or credentials); empty when the backend has nothing to add.
+  virtual std::string unavailable_reason() const { return {}; }
   virtual std::string backend_name() const = 0;
   virtual store_stats stats() const = 0;
   // Registers a callback run after each commit that appended events (last committed seq).

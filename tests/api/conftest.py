@@ -4,6 +4,10 @@ The binary comes from $STATETRACK_BIN (default: <repo>/build/debug/statetrack). 
 a temporary directory once per test session, so a rebuild running at the same time never trips
 over a busy executable. Every server listens on 127.0.0.1 with --port 0 and a temporary SQLite
 file; stdout is drained in a background thread so tests can read the JSON log lines.
+
+With ST_BACKEND=postgres and ST_PG_CONNINFO (a libpq keyword string for a running cluster, e.g.
+from scripts/pg-cluster.sh) the same suite runs on PostgreSQL: each database path becomes a fresh
+database on that cluster (st_helpers.db_for), dropped when the session ends.
 """
 import json
 import os
@@ -17,6 +21,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from st_helpers import ON_POSTGRES, PG_BASE, db_for, drop_pg_databases
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO / "build" / "debug" / "statetrack"
@@ -57,7 +63,7 @@ class Server:
     def __init__(self, binary, db_path, extra_args, env, workdir, tls_ca=None):
         self.binary = binary
         self.tls_ca = tls_ca     # CA file clients verify an HTTPS server against
-        self.db_path = str(db_path)
+        self.db_path = db_for(db_path)  # the --db value: a file, or a connection string
         self.extra_args = list(extra_args)
         self.workdir = str(workdir)
         self.lines = []          # every stdout line, in order
@@ -229,6 +235,25 @@ class Client:
 
     def delete(self, path, json=_MISSING, **kw):
         return self.request("DELETE", path, json=json, **kw)
+
+
+# --- backend ---------------------------------------------------------------------------------
+
+def pytest_configure(config):
+    if ON_POSTGRES and not PG_BASE:
+        pytest.exit("ST_BACKEND=postgres needs ST_PG_CONNINFO (see scripts/pg-cluster.sh)", 2)
+
+
+def pytest_report_header(config):
+    return f"statetrack backend: {'postgres (' + PG_BASE + ')' if ON_POSTGRES else 'sqlite'}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pg_databases():
+    """On PostgreSQL: drop every database the session created."""
+    yield
+    if ON_POSTGRES:
+        drop_pg_databases()
 
 
 # --- binary ----------------------------------------------------------------------------------

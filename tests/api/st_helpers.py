@@ -1,7 +1,12 @@
-"""Shared helpers for the black-box API tests: ids, time, error-envelope checks, builders."""
+"""Shared helpers for the black-box API tests: ids, time, error-envelope checks, builders,
+and the storage backend under test (SQLite files, or databases on a PostgreSQL cluster)."""
 import http.client
+import itertools
+import os
 import re
 import sqlite3
+import subprocess
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -236,10 +241,90 @@ def get_machine(c, mid):
     return expect(c.get(f"/machines/{mid}"), 200)
 
 
+# --- the storage backend under test ------------------------------------------------------------
+#
+# ST_BACKEND=postgres (with ST_PG_CONNINFO, a libpq keyword string for the cluster) runs the
+# suite on PostgreSQL: every database path a test uses (tmp_path / "x.db") names a fresh database
+# on that cluster instead, created on first use and dropped when the session ends, so a test that
+# restarts a server on "the same file" gets the same database.
+
+ON_POSTGRES = os.environ.get("ST_BACKEND", "sqlite") == "postgres"
+PG_BASE = os.environ.get("ST_PG_CONNINFO", "")
+PSQL = os.environ.get("ST_PSQL", "psql")
+
+_pg_lock = threading.Lock()
+_pg_dbs = {}                 # resolved path -> database name
+_pg_counter = itertools.count(1)
+
+
+def is_conninfo(db):
+    s = str(db)
+    return s.startswith(("postgres://", "postgresql://")) or re.match(r"^\s*[a-z_]+\s*=", s) is not None
+
+
+def pg_conninfo(base, dbname):
+    """`base` pointing at database `dbname` (a repeated keyword: libpq keeps the last)."""
+    return f"{base} dbname={dbname}"
+
+
+def psql(conninfo, sql):
+    """Runs SQL through psql; returns the rows as lists of strings (NULL -> "")."""
+    p = subprocess.run([PSQL, "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-F", "\x1f", "-R", "\x1e",
+                        "-d", conninfo, "-c", sql], capture_output=True, text=True, timeout=60)
+    if p.returncode != 0:
+        raise RuntimeError(f"psql failed ({p.returncode}): {sql}\n{p.stderr}")
+    out = p.stdout
+    if out.endswith("\n"):
+        out = out[:-1]
+    return [r.split("\x1f") for r in out.split("\x1e") if r != ""]
+
+
+def create_pg_database(base, prefix="st_api"):
+    name = f"{prefix}_{os.getpid()}_{next(_pg_counter)}"
+    psql(pg_conninfo(base, "postgres"), f"CREATE DATABASE {name}")
+    return name
+
+
+def drop_pg_database(base, name):
+    try:
+        psql(pg_conninfo(base, "postgres"), f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    except (RuntimeError, subprocess.SubprocessError):
+        pass
+
+
+def db_for(path):
+    """The --db value for a test's database path: the path itself on SQLite; on PostgreSQL the
+    connection string of the database standing for that path (created on first use)."""
+    if not ON_POSTGRES or is_conninfo(path):
+        return str(path)
+    key = os.path.realpath(str(path))
+    with _pg_lock:
+        name = _pg_dbs.get(key)
+        if name is None:
+            name = create_pg_database(PG_BASE)
+            _pg_dbs[key] = name
+    return pg_conninfo(PG_BASE, name)
+
+
+def drop_pg_databases():
+    with _pg_lock:
+        names = list(_pg_dbs.values())
+        _pg_dbs.clear()
+    for n in names:
+        drop_pg_database(PG_BASE, n)
+
+
 # --- database seeding (the only white-box step: created_at cannot be set through the API) ------
 
 def age_sessions_in_db(db_path, session_ids, days):
     """Move created_at of the given sessions `days` into the past. The server must be stopped."""
+    db = db_for(db_path)
+    if is_conninfo(db):
+        ids = ",".join("'" + str(s).replace("'", "''") + "'" for s in session_ids)
+        rows = psql(db, f"UPDATE sessions SET created_at = created_at - {int(days * 86400000)} "
+                        f"WHERE session_id IN ({ids}) RETURNING session_id")
+        assert len(rows) == len(set(session_ids)), f"sessions missing from the database: {rows}"
+        return
     conn = sqlite3.connect(str(db_path))
     try:
         cols = {r[1]: (r[2] or "").upper() for r in conn.execute("PRAGMA table_info(sessions)")}
@@ -337,19 +422,24 @@ def session_events(c, sid, page=1000):
 
 
 def db_events(db_path, types=None):
-    """Events straight from the SQLite outbox (read-only; safe while the server runs).
+    """Events straight from the outbox, SQLite or PostgreSQL (read-only; safe while the server runs).
 
     The only way to see global events (incident.*, machine.offline) that belong to no session.
     Returns dicts with seq, type, occurred_at (ms), session_id, machine_id and parsed data."""
     import json
-    uri = "file:" + str(db_path) + "?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=10)
-    try:
-        rows = conn.execute(
-            "SELECT seq, type, occurred_at, session_id, machine_id, data FROM events ORDER BY seq"
-        ).fetchall()
-    finally:
-        conn.close()
+    db = db_for(db_path)
+    if is_conninfo(db):
+        rows = [(int(r[0]), r[1], int(r[2]), r[3], r[4], r[5]) for r in psql(
+            db, "SELECT seq, type, occurred_at, session_id, machine_id, data FROM events ORDER BY seq")]
+    else:
+        uri = "file:" + str(db_path) + "?mode=ro"
+        conn = sqlite3.connect(uri, uri=True, timeout=10)
+        try:
+            rows = conn.execute(
+                "SELECT seq, type, occurred_at, session_id, machine_id, data FROM events ORDER BY seq"
+            ).fetchall()
+        finally:
+            conn.close()
     out = []
     for seq, typ, occ, sid, mid, data in rows:
         if types is not None and typ not in types:

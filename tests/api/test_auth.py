@@ -7,7 +7,7 @@ import time
 import pytest
 
 from conftest import API_KEY, SECOND_KEY
-from st_helpers import (PROTECTED_ROUTES, assert_error, concrete, expect, poll, raw_request,
+from st_helpers import (PROTECTED_ROUTES, db_for, assert_error, concrete, expect, poll, raw_request,
                         uid)
 
 KEY_RE = re.compile(r"st_[A-Za-z0-9]{40}(?![A-Za-z0-9])")
@@ -168,14 +168,14 @@ def _keys(binary, *args, check=True):
 
 
 def _create_key(binary, db, name):
-    p = _keys(binary, "create", "--db", str(db), "--name", name)
+    p = _keys(binary, "create", "--db", db_for(db), "--name", name)
     keys = KEY_RE.findall(p.stdout)
     assert len(keys) == 1, f"expected one st_ key on stdout: {p.stdout!r}"
     return keys[0]
 
 
 def _list_line(binary, db, name):
-    p = _keys(binary, "list", "--db", str(db))
+    p = _keys(binary, "list", "--db", db_for(db))
     lines = [l for l in p.stdout.splitlines() if name in l]
     assert len(lines) == 1, p.stdout
     return p.stdout, lines[0]
@@ -200,7 +200,7 @@ def test_cli_created_key_works_and_revocation_applies(start_server, statetrack_b
     assert prefix, f"no key prefix shown in {line!r}"
 
     t0 = time.monotonic()
-    _keys(statetrack_bin, "revoke", "--db", str(db), prefix)
+    _keys(statetrack_bin, "revoke", "--db", db_for(db), prefix)
     poll(lambda: c.get("/sessions?limit=1").status_code == 401, 10,
          desc="revoked key rejected")
     took = time.monotonic() - t0
@@ -222,7 +222,7 @@ def test_cli_revoke_by_id(start_server, statetrack_bin):
     _, line = _list_line(statetrack_bin, db, name_a)
     key_id = next(f for f in re.split(r"\s+", line.strip()) if f.isdigit())
     t0 = time.monotonic()
-    _keys(statetrack_bin, "revoke", "--db", str(db), key_id)
+    _keys(statetrack_bin, "revoke", "--db", db_for(db), key_id)
     poll(lambda: ca.get("/sessions?limit=1").status_code == 401, 10, desc="key a revoked")
     took = time.monotonic() - t0
     assert took <= 3, f"revocation took {took:.1f}s to take effect (expected about 1 s)"
@@ -233,7 +233,7 @@ def test_cli_revoke_by_id(start_server, statetrack_bin):
 def test_cli_revoke_unknown_fails(tmp_path, statetrack_bin):
     db = tmp_path / "k.db"
     _create_key(statetrack_bin, db, "one")
-    p = _keys(statetrack_bin, "revoke", "--db", str(db), "st_doesnotexist", check=False)
+    p = _keys(statetrack_bin, "revoke", "--db", db_for(db), "st_doesnotexist", check=False)
     assert p.returncode != 0
 
 

@@ -1,6 +1,8 @@
 // One conformance suite for every store backend: row primitives, filters and orders, the
 // outbox's gap-free sequence, group commit under concurrency, per-write rollback inside a
-// batch, and durability across reopen. Backends are added to the parameter list below.
+// batch, and durability across reopen. Backends are added to the parameter list below:
+// SQLite always, PostgreSQL when ST_PG_CONNINFO names a cluster (each test gets a database of
+// its own, dropped afterwards).
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -12,6 +14,8 @@
 #include <gtest/gtest.h>
 
 #include "core/error.hpp"
+#include "storage/pg_support.hpp"
+#include "storage/postgres/pg_store.hpp"
 #include "storage/sqlite/sqlite_store.hpp"
 #include "storage/store.hpp"
 #include "support/run_sync.hpp"
@@ -24,18 +28,56 @@ using core::session;
 using core::session_status;
 using core::timestamp;
 
+// Where one test's data lives; open() opens (or reopens) the store over it.
+class backend_env {
+ public:
+  virtual ~backend_env() = default;
+  virtual std::unique_ptr<store> open() = 0;
+};
+
 struct backend {
   std::string name;
-  // Opens (or reopens) the store whose data lives under `dir`.
-  std::function<std::unique_ptr<store>(const testing::temp_dir& dir)> open;
+  std::function<std::unique_ptr<backend_env>()> make;
+};
+
+class sqlite_env final : public backend_env {
+ public:
+  std::unique_ptr<store> open() override {
+    sqlite::store_options o;
+    o.path = dir_.file("conformance.db");
+    return std::make_unique<sqlite::sqlite_store>(o);
+  }
+
+ private:
+  testing::temp_dir dir_;
+};
+
+class postgres_env final : public backend_env {
+ public:
+  explicit postgres_env(std::string base) : db_(std::move(base)) {}
+  std::unique_ptr<store> open() override {
+    postgres::store_options o;
+    o.conninfo = db_.conninfo();
+    o.pool_size = 2;
+    return std::make_unique<postgres::pg_store>(o);
+  }
+
+ private:
+  testing::temp_database db_;
 };
 
 std::vector<backend> backends() {
-  return {{"sqlite", [](const testing::temp_dir& dir) {
-             sqlite::store_options o;
-             o.path = dir.file("conformance.db");
-             return std::unique_ptr<store>(std::make_unique<sqlite::sqlite_store>(o));
-           }}};
+  std::vector<backend> out;
+  out.push_back(
+      {"sqlite", [] { return std::unique_ptr<backend_env>(std::make_unique<sqlite_env>()); }});
+  // Always listed, so that test discovery does not depend on the environment; skipped in
+  // SetUp when ST_PG_CONNINFO is unset.
+  out.push_back({"postgres", []() -> std::unique_ptr<backend_env> {
+                   auto base = testing::pg_base_conninfo();
+                   if (!base) return nullptr;
+                   return std::make_unique<postgres_env>(*base);
+                 }});
+  return out;
 }
 
 session make_session(const std::string& id, const std::string& project, session_status st,
@@ -55,11 +97,20 @@ session make_session(const std::string& id, const std::string& project, session_
 
 class StoreConformance : public ::testing::TestWithParam<backend> {
  protected:
-  void SetUp() override { store_ = GetParam().open(dir_); }
+  void SetUp() override {
+    env_ = GetParam().make();
+    if (!env_) GTEST_SKIP() << GetParam().name << ": ST_PG_CONNINFO is not set";
+    store_ = env_->open();
+  }
+  void TearDown() override {
+    if (store_) store_->close();
+    store_.reset();
+    env_.reset();
+  }
   void reopen() {
     store_->close();
     store_.reset();
-    store_ = GetParam().open(dir_);
+    store_ = env_->open();
   }
   void put(const session& s) {
     store_->write_now([&](write_txn& tx) {
@@ -73,7 +124,7 @@ class StoreConformance : public ::testing::TestWithParam<backend> {
     return out;
   }
 
-  testing::temp_dir dir_;
+  std::unique_ptr<backend_env> env_;
   std::unique_ptr<store> store_;
 };
 
@@ -284,6 +335,294 @@ TEST_P(StoreConformance, ApiKeysByPrefixAndRevocation) {
 
 TEST_P(StoreConformance, PingAnswers) {
   EXPECT_TRUE(store_->ping().has_value());
+}
+
+TEST_P(StoreConformance, TextRoundTripsByteForByte) {
+  auto s = make_session("s-üñí", "p'\"\\;--", session_status::active, 1);
+  s.metadata = R"({"emoji":"🙂","quote":"it's","nested":{"a":[1,2.5,null]}})";
+  s.directive_reason = std::string("line1\nline2\ttab");
+  put(s);
+  std::optional<session> got;
+  store_->read_now([&](read_view& v) { got = v.get_session("s-üñí"); });
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->project_id, s.project_id);
+  EXPECT_EQ(got->metadata, s.metadata);
+  EXPECT_EQ(got->directive_reason, s.directive_reason);
+  EXPECT_FALSE(got->docker_slot);
+  EXPECT_FALSE(got->completed_at);
+}
+
+TEST_P(StoreConformance, LivenessUpdateTouchesOnlyLivenessColumns) {
+  auto s = make_session("s", "p", session_status::stalled, 1000);
+  s.current_task_id = "t";
+  put(s);
+  s.status = session_status::active;
+  s.last_heartbeat = timestamp{2000};
+  s.deadline_at = timestamp{9000};
+  s.updated_at = timestamp{2000};
+  s.current_task_id = "ignored";
+  bool ok = false;
+  store_->write_now([&](write_txn& tx) {
+    ok = tx.update_session_liveness(s);
+    return true;
+  });
+  EXPECT_TRUE(ok);
+  std::optional<session> got;
+  store_->read_now([&](read_view& v) { got = v.get_session("s"); });
+  ASSERT_TRUE(got);
+  EXPECT_EQ(got->status, session_status::active);
+  EXPECT_EQ(got->deadline_at, timestamp{9000});
+  EXPECT_EQ(got->sweep_at, timestamp{301'000});
+  EXPECT_EQ(got->current_task_id, "t");
+}
+
+TEST_P(StoreConformance, CompletedOrderPutsUnfinishedLast) {
+  auto a = make_session("a", "p", session_status::failed, 1);
+  a.completed_at = timestamp{1000};
+  auto b = make_session("b", "p", session_status::failed, 2);
+  b.completed_at = timestamp{5000};
+  auto c = make_session("c", "p", session_status::failed, 3);
+  put(a);
+  put(b);
+  put(c);
+  session_filter f;
+  f.order = session_order::completed_desc;
+  auto got = list(f);
+  ASSERT_EQ(got.size(), 3U);
+  EXPECT_EQ(got[0].session_id, "b");
+  EXPECT_EQ(got[1].session_id, "a");
+  EXPECT_EQ(got[2].session_id, "c");
+  f.limit = 2;
+  f.offset = 2;
+  ASSERT_EQ(list(f).size(), 1U);
+  f.limit = 0;
+  f.offset = 1;
+  EXPECT_EQ(list(f).size(), 2U);
+}
+
+TEST_P(StoreConformance, TasksInsertOnceFilterAndDelete) {
+  auto t = [](const std::string& id, const std::string& session, core::task_status st,
+              std::int64_t created) {
+    core::task x;
+    x.oid = "0123456789abcdef01234567";
+    x.task_id = id;
+    x.session_id = session;
+    x.project_id = "p";
+    x.task_name = "build " + id;
+    x.status = st;
+    x.created_at = x.updated_at = timestamp{created};
+    if (st == core::task_status::completed) x.completed_at = timestamp{created + 10};
+    return x;
+  };
+  bool first = false;
+  bool again = true;
+  store_->write_now([&](write_txn& tx) {
+    first = tx.insert_task(t("t1", "s1", core::task_status::pending, 1));
+    again = tx.insert_task(t("t1", "s1", core::task_status::pending, 1));
+    tx.insert_task(t("t2", "s1", core::task_status::completed, 2));
+    tx.insert_task(t("t3", "s2", core::task_status::in_progress, 3));
+    return true;
+  });
+  EXPECT_TRUE(first);
+  EXPECT_FALSE(again);
+  std::vector<core::task> of_s1;
+  std::int64_t done = 0;
+  store_->read_now([&](read_view& v) {
+    task_filter f;
+    f.session_id = "s1";
+    of_s1 = v.list_tasks(f);
+    task_filter g;
+    g.statuses_any = {core::task_status::completed, core::task_status::failed};
+    done = v.count_tasks(g);
+  });
+  ASSERT_EQ(of_s1.size(), 2U);
+  EXPECT_EQ(of_s1[0].task_id, "t2");  // newest first
+  EXPECT_EQ(of_s1[0].completed_at, timestamp{12});
+  EXPECT_EQ(done, 1);
+  std::int64_t deleted = 0;
+  store_->write_now([&](write_txn& tx) {
+    task_filter f;
+    f.statuses_any = {core::task_status::completed};
+    f.completed_before = timestamp{100};
+    deleted = tx.delete_tasks(f);
+    deleted += tx.delete_tasks_of_session("s2");
+    return true;
+  });
+  EXPECT_EQ(deleted, 2);
+}
+
+TEST_P(StoreConformance, MachinesKeepSlotsSessionsAndInsertionOrder) {
+  core::machine m;
+  m.oid = "0123456789abcdef01234567";
+  m.machine_id = "m-b";
+  m.hostname = "host-b";
+  m.docker_slots = {1, 2, 3};
+  m.active_sessions = {"s1", "s2"};
+  m.last_heartbeat = timestamp{100};
+  core::machine n = m;
+  n.machine_id = "m-a";
+  n.hostname = "host-a";
+  n.docker_slots = {};
+  n.active_sessions = {};
+  n.status = core::machine_status::maintenance;
+  bool dup = true;
+  store_->write_now([&](write_txn& tx) {
+    tx.insert_machine(m);
+    tx.insert_machine(n);
+    dup = tx.insert_machine(m);
+    return true;
+  });
+  EXPECT_FALSE(dup);
+  std::vector<core::machine> all;
+  std::vector<core::machine> stale;
+  store_->read_now([&](read_view& v) {
+    all = v.list_machines(machine_filter{});
+    machine_filter f;
+    f.status = core::machine_status::online;
+    f.last_heartbeat_before = timestamp{200};
+    stale = v.list_machines(f);
+  });
+  ASSERT_EQ(all.size(), 2U);
+  EXPECT_EQ(all[0].machine_id, "m-b");  // insertion order
+  EXPECT_EQ(all[0].docker_slots, (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(all[0].active_sessions, (std::vector<std::string>{"s1", "s2"}));
+  EXPECT_EQ(all[1].status, core::machine_status::maintenance);
+  ASSERT_EQ(stale.size(), 1U);
+  EXPECT_EQ(stale[0].machine_id, "m-b");
+}
+
+TEST_P(StoreConformance, MetaAndSingleUseTickets) {
+  core::stream_ticket t;
+  t.hash = std::string(64, 'b');
+  t.key_id = "env:1";
+  t.key_db_id = 0;
+  t.role = core::key_role::read;
+  t.expires_at = timestamp{10'000};
+  core::stream_ticket old = t;
+  old.hash = std::string(64, 'c');
+  old.expires_at = timestamp{500};
+  store_->write_now([&](write_txn& tx) {
+    tx.put_meta("k", "v1");
+    tx.put_meta("k", "v2");
+    tx.insert_ticket(t);
+    tx.insert_ticket(old);
+    return true;
+  });
+  std::optional<std::string> v;
+  store_->read_now([&](read_view& r) { v = r.get_meta("k"); });
+  EXPECT_EQ(v, "v2");
+  std::optional<core::stream_ticket> first;
+  std::optional<core::stream_ticket> second;
+  std::optional<core::stream_ticket> expired;
+  store_->write_now([&](write_txn& tx) {
+    first = tx.consume_ticket(t.hash, timestamp{1000});
+    second = tx.consume_ticket(t.hash, timestamp{1000});
+    expired = tx.consume_ticket(old.hash, timestamp{1000});
+    tx.delete_meta("k");
+    return true;
+  });
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->key_id, "env:1");
+  EXPECT_EQ(first->expires_at, timestamp{10'000});
+  EXPECT_FALSE(second);
+  EXPECT_FALSE(expired);
+  store_->read_now([&](read_view& r) { v = r.get_meta("k"); });
+  EXPECT_FALSE(v);
+}
+
+TEST_P(StoreConformance, PruneKeepsTheNewestAndSeqsNeverRepeat) {
+  for (int i = 0; i < 10; ++i) {
+    store_->write_now([&](write_txn& tx) {
+      core::event e;
+      e.type = "x";
+      e.occurred_at = timestamp{i};
+      e.session_id = i % 2 == 0 ? "even" : "odd";
+      e.data = "{}";
+      tx.append_event(e);
+      return true;
+    });
+  }
+  std::int64_t pruned = 0;
+  store_->write_now([&](write_txn& tx) {
+    pruned = tx.prune_events(timestamp{0}, 3);
+    return true;
+  });
+  EXPECT_EQ(pruned, 7);
+  std::vector<core::event> left;
+  std::vector<core::event> evens;
+  std::int64_t last = 0;
+  store_->read_now([&](read_view& v) {
+    left = v.events_after(0, 100);
+    evens = v.session_events("even", 0, 100);
+    last = v.last_event_seq();
+  });
+  ASSERT_EQ(left.size(), 3U);
+  EXPECT_EQ(left[0].seq, 8);
+  EXPECT_EQ(last, 10);
+  ASSERT_EQ(evens.size(), 1U);
+  EXPECT_EQ(evens[0].seq, 9);
+  std::int64_t next = 0;
+  store_->write_now([&](write_txn& tx) {
+    core::event e;
+    e.type = "y";
+    e.data = "{}";
+    next = tx.append_event(e);
+    return true;
+  });
+  EXPECT_EQ(next, 11);
+}
+
+TEST_P(StoreConformance, RolledBackWritesInABatchLeaveNoGaps) {
+  boost::asio::io_context ioc;
+  auto task = [&](int i) -> boost::asio::awaitable<void> {
+    write_fn fn = [i](write_txn& tx) {
+      core::event e;
+      e.type = "t";
+      e.data = "{}";
+      e.session_id = "w" + std::to_string(i);
+      tx.append_event(e);
+      tx.append_event(e);
+      return i % 3 != 0;  // every third write is an expected failure: rolled back
+    };
+    co_await store_->run_write(std::move(fn));
+  };
+  for (int i = 0; i < 90; ++i)
+    boost::asio::co_spawn(ioc, task(i), boost::asio::detached);
+  ioc.run();
+  std::vector<core::event> events;
+  store_->read_now([&](read_view& v) { events = v.events_after(0, 1000); });
+  ASSERT_EQ(events.size(), 120U);
+  for (std::size_t i = 0; i < events.size(); ++i)
+    EXPECT_EQ(events[i].seq, static_cast<std::int64_t>(i + 1));
+}
+
+TEST_P(StoreConformance, LookupsWithBytesNoRowHoldsFindNothing) {
+  put(make_session("s", "p", session_status::active, 1));
+  // Percent-decoded path segments and headers can carry any bytes.
+  const std::string bad = "\xff\xfe";
+  const std::string nul("a\0b", 3);
+  store_->read_now([&](read_view& v) {
+    EXPECT_FALSE(v.get_session(bad));
+    EXPECT_FALSE(v.get_session(nul));
+    EXPECT_FALSE(v.get_task(bad));
+    EXPECT_FALSE(v.get_machine(bad));
+    EXPECT_FALSE(v.find_api_key(bad));
+    session_filter f;
+    f.project_id = bad;
+    EXPECT_TRUE(v.list_sessions(f).empty());
+    EXPECT_EQ(v.count_sessions(f), 0);
+    task_filter t;
+    t.session_id = bad;
+    EXPECT_TRUE(v.list_tasks(t).empty());
+    EXPECT_TRUE(v.session_events(bad, 0, 10).empty());
+  });
+  bool deleted = true;
+  store_->write_now([&](write_txn& tx) {
+    deleted = tx.delete_session(bad);
+    EXPECT_FALSE(tx.get_session(bad));
+    return true;
+  });
+  EXPECT_FALSE(deleted);
 }
 
 void PrintTo(const backend& b, std::ostream* os) {
