@@ -264,40 +264,54 @@ void server::force_close() {
 }
 
 asio::awaitable<void> server::accept_loop() {
+  // After each completed wait the backlog is drained with non-blocking accepts, so a burst of
+  // new connections (clients reconnecting together) is taken in one pass instead of one per
+  // trip through a busy I/O thread's queue.
+  boost::system::error_code nb_ec;
+  acceptor_.non_blocking(true, nb_ec);
   for (;;) {
     boost::system::error_code ec;
-    asio::io_context& home = *contexts_[next_context_++ % contexts_.size()];
-    tcp::socket socket =
-        co_await acceptor_.async_accept(home, asio::redirect_error(asio::use_awaitable, ec));
-    if (ec) {
-      if (ec == asio::error::operation_aborted || draining_) co_return;
-      if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
-        // Out of file descriptors: back off briefly instead of spinning.
-        asio::steady_timer t(*contexts_.front(), std::chrono::milliseconds(50));
-        co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    tcp::socket socket = co_await acceptor_.async_accept(
+        *contexts_[next_context_++ % contexts_.size()],
+        asio::redirect_error(asio::use_awaitable, ec));
+    for (int burst = 0;; ++burst) {
+      if (ec) {
+        if (ec == asio::error::operation_aborted || draining_) co_return;
+        if (ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space) {
+          // Out of file descriptors: back off briefly instead of spinning.
+          asio::steady_timer t(*contexts_.front(), std::chrono::milliseconds(50));
+          co_await t.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        }
+        break;
       }
-      continue;
+      start_connection(std::move(socket));
+      if (burst >= 256 || draining_) break;  // let the loop's other work run now and then
+      socket = acceptor_.accept(*contexts_[next_context_++ % contexts_.size()], ec);
+      if (ec == asio::error::would_block || ec == asio::error::try_again) break;
     }
-    if (connections() >= opts_.max_connections) {
-      rejected_->inc();
-      boost::system::error_code ignored;
-      socket.close(ignored);
-      continue;
-    }
-    accepted_->inc();
-    // The executor is taken before the socket is moved into the coroutine.
-    auto home_executor = socket.get_executor();
-    asio::co_spawn(home_executor, serve(std::move(socket)), [this](const std::exception_ptr& ep) {
-      if (!ep) return;
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        obs::fields f;
-        f.add("error", e.what());
-        log_.error("HTTP", "connection ended by an exception", &f);
-      }
-    });
   }
+}
+
+void server::start_connection(tcp::socket socket) {
+  if (connections() >= opts_.max_connections) {
+    rejected_->inc();
+    boost::system::error_code ignored;
+    socket.close(ignored);
+    return;
+  }
+  accepted_->inc();
+  // The executor is taken before the socket is moved into the coroutine.
+  auto home_executor = socket.get_executor();
+  asio::co_spawn(home_executor, serve(std::move(socket)), [this](const std::exception_ptr& ep) {
+    if (!ep) return;
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      obs::fields f;
+      f.add("error", e.what());
+      log_.error("HTTP", "connection ended by an exception", &f);
+    }
+  });
 }
 
 asio::awaitable<void> server::serve(tcp::socket socket) {

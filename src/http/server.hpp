@@ -83,6 +83,7 @@ class server {
 
  private:
   boost::asio::awaitable<void> accept_loop();
+  void start_connection(boost::asio::ip::tcp::socket socket);
   boost::asio::awaitable<void> serve(boost::asio::ip::tcp::socket socket);
   // The connection loop, for a plain or a TLS stream (defined and instantiated in server.cpp).
   template <class Stream>
