@@ -62,6 +62,9 @@ core::result<events::stream_request> subscription_of(const context& ctx, events:
     }
   }
   if (!problems.empty()) return core::validation_error(std::move(problems));
+  // The key's scope, which no query or subscribe message can widen.
+  out.f.scope_projects = ctx.who.projects;
+  if (ctx.who.machine_bound()) out.f.scope_machine = ctx.who.machine_id;
   out.who = ctx.who;
   out.request_id = ctx.request_id;
   return out;

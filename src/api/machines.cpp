@@ -2,6 +2,7 @@
 // assign-session and release-session answer 201 with the machine, as the Reference does.
 #include <boost/json/serialize.hpp>
 
+#include "api/access.hpp"
 #include "api/context.hpp"
 #include "api/request.hpp"
 #include "api/routes.hpp"
@@ -108,6 +109,7 @@ awaitable<void> post_machine(context& ctx) {
   in.docker_slots = slots_of(b).value_or(std::vector<double>{});
   // Recommended: metadata is always an object, so an explicit null becomes {} too.
   if (const auto* m = get_object(b, "metadata")) in.metadata = json::serialize(*m);
+  if (!allow_machine_write(ctx, in.machine_id)) co_return;
   auto r = co_await ctx.svc.machines.register_machine(std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::machine_json(*r));
@@ -140,8 +142,9 @@ awaitable<void> delete_machine(context& ctx) {
 awaitable<void> post_machine_assign_session(context& ctx) {
   auto body = read_body(ctx, schemas::assign_session);
   if (!body) co_return ctx.fail(body.error());
-  auto r = co_await ctx.svc.machines.assign_session(std::string(ctx.param(0)),
-                                                    get_string(*body, "session_id").value_or(""),
+  const std::string session_id = get_string(*body, "session_id").value_or("");
+  if (!(co_await allow_session_id(ctx, session_id))) co_return;
+  auto r = co_await ctx.svc.machines.assign_session(std::string(ctx.param(0)), session_id,
                                                     get_number(*body, "docker_slot"));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::machine_json(*r));
@@ -153,8 +156,9 @@ awaitable<void> post_machine_release_session(context& ctx) {
   if (!body) co_return ctx.fail(body.error());
   std::optional<std::int64_t> epoch;
   if (auto n = get_number(*body, "epoch")) epoch = static_cast<std::int64_t>(*n);
-  auto r = co_await ctx.svc.machines.release_session(
-      std::string(ctx.param(0)), get_string(*body, "session_id").value_or(""), epoch);
+  const std::string session_id = get_string(*body, "session_id").value_or("");
+  if (!(co_await allow_session_id(ctx, session_id))) co_return;
+  auto r = co_await ctx.svc.machines.release_session(std::string(ctx.param(0)), session_id, epoch);
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::machine_json(*r));
 }

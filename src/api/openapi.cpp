@@ -596,6 +596,45 @@ constexpr std::string_view response_components_json = R"json({
     "level": {"type": "string", "enum": ["debug", "info", "warn", "error"]}
   }
 },
+"ApiKey": {
+  "type": "object",
+  "description": "An API key as listed: never the key itself or its hash.",
+  "required": ["id", "prefix", "name", "role", "machine_id", "projects", "created_at",
+               "last_used_at", "expires_at", "revoked_at", "status"],
+  "properties": {
+    "id": {"type": "integer"},
+    "prefix": {"type": "string", "description": "The first 11 characters of the key (not secret)"},
+    "name": {"type": "string"},
+    "role": {"type": "string", "enum": ["admin", "write", "read", "machine"]},
+    "machine_id": {"type": "string", "nullable": true,
+                   "description": "The machine a machine key is bound to"},
+    "projects": {"type": "array", "items": {"type": "string"},
+                 "description": "Project scope; empty: every project"},
+    "created_at": {"type": "string", "format": "date-time"},
+    "last_used_at": {"type": "string", "format": "date-time", "nullable": true,
+                     "description": "Recorded at most once a minute"},
+    "expires_at": {"type": "string", "format": "date-time", "nullable": true},
+    "revoked_at": {"type": "string", "format": "date-time", "nullable": true},
+    "status": {"type": "string", "enum": ["active", "expired", "revoked"]}
+  }
+},
+"CreatedApiKey": {
+  "type": "object",
+  "description": "A new key: the ApiKey fields plus `key`, returned this once only.",
+  "allOf": [
+    {"$ref": "#/components/schemas/ApiKey"},
+    {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}
+  ]
+},
+"RotatedApiKey": {
+  "type": "object",
+  "description": "The new key (with `key`, returned this once only) and the key it replaces.",
+  "allOf": [
+    {"$ref": "#/components/schemas/CreatedApiKey"},
+    {"type": "object", "required": ["previous"],
+     "properties": {"previous": {"$ref": "#/components/schemas/ApiKey"}}}
+  ]
+},
 "ErrorEnvelope": {
   "type": "object",
   "description": "Every error response (contract §1.7.3).",
@@ -714,6 +753,7 @@ std::string_view resource_noun(std::string_view pattern) {
   if (segs[0] == "sessions") return "Session";
   if (segs[0] == "tasks") return "Task";
   if (segs[0] == "machines") return "Machine";
+  if (segs[0] == "keys") return "API key (numeric id or prefix)";
   return "Resource";
 }
 
@@ -755,7 +795,24 @@ std::string_view media_type_of(std::string_view response_schema) {
 std::string operation_description(const http::route& r) {
   std::string out;
   if (r.authenticated) {
-    out += "Requires an API key (Authorization: Bearer <key> or X-API-Key).";
+    out += "Requires an API key (Authorization: Bearer <key> or X-API-Key) with the ";
+    out += core::access_name(r.need);
+    out += " right";
+    if (r.need == core::access_level::read) {
+      out += " (roles read, write, admin";
+    } else if (r.need == core::access_level::write) {
+      out += " (roles write, admin";
+    } else {
+      out += " (role admin";
+    }
+    out += r.machine_ok ? "; also machine keys, for their own machine)." : ").";
+    if (r.target != http::target_kind::none) {
+      out += " Project-scoped and machine keys may only act on ";
+      out += r.target == http::target_kind::session   ? "sessions in their scope."
+             : r.target == http::target_kind::task    ? "tasks of sessions in their scope."
+             : r.target == http::target_kind::machine ? "their own machine."
+                                                      : "projects in their scope.";
+    }
   } else {
     out += "Public: no API key needed.";
   }
@@ -862,7 +919,10 @@ json::object operation_of(const http::route& r) {
         "a business rule");
   }
   if (r.authenticated) {
-    responses["401"] = error_response("API key missing or invalid, or no keys configured");
+    responses["401"] = error_response("API key missing, invalid, revoked or expired");
+    responses["403"] = error_response(
+        "The key lacks the right this operation needs (x-required-role), or the object is "
+        "outside the key's project scope or machine");
   }
   if (has_params) responses["404"] = error_response("Not found");
   if (r.limit != http::limit_class::none) {
@@ -879,6 +939,16 @@ json::object operation_of(const http::route& r) {
     op["security"] = json::array{json::object{{"bearer", json::array{}}},
                                  json::object{{"api-key", json::array{}}}};
   }
+  // The right from the access table: public, read, write or admin; and the roles allowed.
+  op["x-required-role"] = core::access_name(r.need);
+  if (r.authenticated) {
+    json::array roles;
+    if (r.need == core::access_level::read) roles.emplace_back("read");
+    if (r.need != core::access_level::admin) roles.emplace_back("write");
+    roles.emplace_back("admin");
+    if (r.machine_ok) roles.emplace_back("machine");
+    op["x-allowed-roles"] = std::move(roles);
+  }
   return op;
 }
 
@@ -889,6 +959,9 @@ std::string_view tag_description(std::string_view tag) {
   if (tag == "tasks") return "Tasks of a session and their status transitions.";
   if (tag == "machines") return "Machines, their docker slots and session assignment.";
   if (tag == "metrics") return "Prometheus metrics.";
+  if (tag == "keys")
+    return "API keys (admin): create, list, rotate and revoke; roles, machine binding, project "
+           "scope and expiry.";
   return {};
 }
 
@@ -899,8 +972,15 @@ constexpr std::string_view info_description =
     "- `Authorization: Bearer <key>` (scheme `bearer`). When an Authorization header starting "
     "with exactly `Bearer ` is present it is used, even if the key in it is wrong;\n"
     "- `X-API-Key: <key>` (scheme `api-key`), used when there is no usable Bearer header.\n"
-    "A missing key or an unknown key is answered with 401. The /health routes and these "
-    "documentation pages are public.\n\n"
+    "A missing key or an unknown, revoked or expired key is answered with 401. The /health "
+    "routes and these documentation pages are public.\n\n"
+    "Authorization: keys have a role: admin (everything, including keys, cleanup and purge), "
+    "write (reads and changes), read (reads), or machine (bound to one machine id: may register "
+    "and heartbeat that machine and create, heartbeat and update only the sessions and tasks on "
+    "it). Keys other than admin may carry a project scope that limits every read, write and "
+    "event to those projects (lists are filtered). Each operation states the right it needs in "
+    "`x-required-role` and the roles that hold it in `x-allowed-roles`; a valid key without the "
+    "right, or acting on an object outside its scope, gets 403.\n\n"
     "Paths: every path below is also served under /api (for example /api/sessions is the same "
     "as /sessions).\n\n"
     "Errors use the ErrorEnvelope schema; every response carries an X-Request-Id header, and "

@@ -1,6 +1,8 @@
 // The full route table.
 #include "api/routes.hpp"
 
+#include "api/access.hpp"
+
 namespace statetrack::api {
 
 void register_all(http::router& r) {
@@ -12,7 +14,10 @@ void register_all(http::router& r) {
   register_admin_routes(r);
   register_incident_routes(r);
   register_event_routes(r);
+  register_key_routes(r);
   register_docs_routes(r);
+  // Last: the right each route needs, from the one access table (throws for a route it lacks).
+  apply_access_table(r);
 }
 
 }  // namespace statetrack::api

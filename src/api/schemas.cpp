@@ -1,6 +1,8 @@
 // Schema declarations (contract §4 tables). Field order is the order of error messages.
 #include "api/schemas.hpp"
 
+#include <array>
+
 #include "core/types.hpp"
 
 namespace statetrack::api::schemas {
@@ -10,6 +12,8 @@ constexpr std::span<const std::string_view> session_statuses{core::session_statu
 constexpr std::span<const std::string_view> task_statuses{core::task_status_names};
 constexpr std::span<const std::string_view> machine_statuses{core::machine_status_names};
 constexpr std::span<const std::string_view> directive_names{core::directive_names};
+constexpr std::array<std::string_view, 4> key_role_values{"admin", "write", "read", "machine"};
+constexpr std::span<const std::string_view> key_roles{key_role_values};
 
 field_spec str(std::string_view name, bool required, std::string_view desc) {
   field_spec f;
@@ -249,12 +253,61 @@ const schema set_directive{"SetDirectiveRequest",
                             }(),
                             str("reason", false, "Why (shown to the agent and in the event)")}};
 
+const schema create_api_key{
+    "CreateApiKeyRequest",
+    {[] {
+       field_spec f = str("name", true, "A name for the key (shown in lists)");
+       f.not_empty = true;
+       return f;
+     }(),
+     [] {
+       field_spec f = one_of("role", key_roles,
+                             "admin (everything, including keys, cleanup and purge), write, read, "
+                             "or machine (bound to machine_id)");
+       f.required = true;
+       return f;
+     }(),
+     str("machine_id", false, "The machine a machine key is bound to (machine keys only)"),
+     [] {
+       field_spec f;
+       f.name = "projects";
+       f.kind = field_kind::string_array;
+       f.unique = true;
+       f.max = 100;
+       f.description =
+           "Project scope: every read, write and event is limited to these projects (not for "
+           "admin keys); absent or empty: every project";
+       return f;
+     }(),
+     date("expires_at", "When the key stops working (must be in the future)"),
+     [] {
+       field_spec f = num("expires_in_s", "Alternative to expires_at: seconds from now");
+       f.integer = true;
+       f.min = 1;
+       f.max = 315360000;
+       return f;
+     }()},
+    "A new API key; the key itself is returned once"};
+
+const schema rotate_api_key{
+    "RotateApiKeyRequest",
+    {[] {
+      field_spec f =
+          num("grace_s", "Seconds the old key keeps working (0 or absent: revoked at once)");
+      f.integer = true;
+      f.min = 0;
+      f.max = 2592000;
+      return f;
+    }()},
+    "Rotation of an API key"};
+
 const std::vector<const schema*>& all() {
   static const std::vector<const schema*> list = {
       &create_session, &update_session, &list_sessions,  &failed_sessions,  &recoverable_sessions,
       &mark_failed,    &mark_stalled,   &purge_session,  &cleanup_sessions, &recover_session,
       &create_task,    &update_task,    &fail_task,      &list_tasks,       &register_machine,
-      &update_machine, &list_machines,  &assign_session, &release_session,  &set_directive};
+      &update_machine, &list_machines,  &assign_session, &release_session,  &set_directive,
+      &create_api_key, &rotate_api_key};
   return list;
 }
 

@@ -29,6 +29,8 @@ extern const schema list_machines;
 extern const schema assign_session;
 extern const schema release_session;
 extern const schema set_directive;
+extern const schema create_api_key;
+extern const schema rotate_api_key;
 
 // All of the above, for the OpenAPI components.
 const std::vector<const schema*>& all();

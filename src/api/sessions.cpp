@@ -5,6 +5,7 @@
 
 #include <boost/json/serialize.hpp>
 
+#include "api/access.hpp"
 #include "api/context.hpp"
 #include "api/request.hpp"
 #include "api/routes.hpp"
@@ -88,6 +89,12 @@ awaitable<void> post_session(context& ctx) {
   if (auto n = get_number(*body, "heartbeat_timeout_s"))
     in.heartbeat_timeout_s = static_cast<int>(*n);
   if (auto n = get_number(*body, "input_timeout_s")) in.input_timeout_s = static_cast<int>(*n);
+  if (!allow_project(ctx, in.project_id)) co_return;
+  if (ctx.who.machine_bound() && in.machine_id != ctx.who.machine_id) {
+    co_return ctx.fail(
+        core::make_error(core::errc::forbidden,
+                         "This key may only create sessions on machine " + ctx.who.machine_id));
+  }
   auto r = co_await ctx.svc.sessions.create(std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::session_json(*r));
@@ -97,7 +104,9 @@ awaitable<void> post_session(context& ctx) {
 awaitable<void> list_sessions(context& ctx) {
   auto q = read_query(ctx, schemas::list_sessions);
   if (!q) co_return ctx.fail(q.error());
-  auto list = co_await ctx.svc.sessions.list(list_query_of(*q));
+  auto lq = list_query_of(*q);
+  lq.projects_in = ctx.who.projects;
+  auto list = co_await ctx.svc.sessions.list(std::move(lq));
   ctx.reply(render_list(list));
 }
 
@@ -237,7 +246,7 @@ awaitable<void> get_session_events(context& ctx) {
 
 // GET /sessions/stale -> 200 item[]
 awaitable<void> get_sessions_stale(context& ctx) {
-  auto list = co_await ctx.svc.sessions.stale(threshold_of(ctx), ctx.now);
+  auto list = co_await ctx.svc.sessions.stale(threshold_of(ctx), ctx.now, ctx.who.projects);
   std::string out;
   json_writer w(out);
   w.begin_array();
@@ -250,7 +259,7 @@ awaitable<void> get_sessions_stale(context& ctx) {
 // GET /sessions/active -> 200 item[]
 awaitable<void> get_sessions_active(context& ctx) {
   auto list = co_await ctx.svc.sessions.active(query_value(ctx, "project_id"),
-                                               query_value(ctx, "machine_id"));
+                                               query_value(ctx, "machine_id"), ctx.who.projects);
   std::string out;
   json_writer w(out);
   w.begin_array();
@@ -296,7 +305,7 @@ awaitable<void> get_sessions_by_project(context& ctx) {
 
 // GET /sessions/by-machine/:machineId -> 200 session[]
 awaitable<void> get_sessions_by_machine(context& ctx) {
-  auto list = co_await ctx.svc.sessions.by_machine(std::string(ctx.param(0)));
+  auto list = co_await ctx.svc.sessions.by_machine(std::string(ctx.param(0)), ctx.who.projects);
   ctx.reply(render_list(list));
 }
 
@@ -332,7 +341,9 @@ awaitable<void> get_session_health(context& ctx) {
 awaitable<void> get_sessions_failed(context& ctx) {
   auto q = read_query(ctx, schemas::failed_sessions);
   if (!q) co_return ctx.fail(q.error());
-  auto list = co_await ctx.svc.sessions.failed(list_query_of(*q));
+  auto fq = list_query_of(*q);
+  fq.projects_in = ctx.who.projects;
+  auto list = co_await ctx.svc.sessions.failed(std::move(fq));
   ctx.reply(render_list(list));
 }
 
@@ -479,6 +490,7 @@ awaitable<void> get_sessions_archived(context& ctx) {
     }
   }
   if (!problems.empty()) co_return ctx.fail(core::validation_error(std::move(problems)));
+  q.projects_in = ctx.who.projects;
   auto list = co_await ctx.svc.sessions.archived(std::move(q));
   ctx.reply(render_list(list));
 }
@@ -492,6 +504,7 @@ awaitable<void> get_sessions_recoverable(context& ctx) {
   rq.machine_id = get_string(*q, "machine_id");
   rq.max_age_minutes = get_number(*q, "max_age_minutes");
   rq.min_age_minutes = get_number(*q, "min_age_minutes");
+  rq.projects_in = ctx.who.projects;
   auto list = co_await ctx.svc.sessions.recoverable(std::move(rq), ctx.now);
   std::string out;
   json_writer w(out);

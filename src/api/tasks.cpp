@@ -4,6 +4,7 @@
 
 #include <boost/json/serialize.hpp>
 
+#include "api/access.hpp"
 #include "api/context.hpp"
 #include "api/request.hpp"
 #include "api/routes.hpp"
@@ -57,6 +58,8 @@ awaitable<void> post_task(context& ctx) {
   in.github_issue_id = get_string(b, "github_issue_id");
   if (const auto* m = get_object(b, "metadata")) in.metadata = json::serialize(*m);
   in.epoch = epoch_of(b);
+  if (!allow_project(ctx, in.project_id)) co_return;
+  if (!(co_await allow_session_id(ctx, in.session_id))) co_return;
   auto r = co_await ctx.svc.tasks.create(std::move(in));
   if (!r) co_return ctx.fail(r.error());
   ctx.reply(core::task_json(*r));
@@ -73,6 +76,7 @@ awaitable<void> list_tasks(context& ctx) {
   // `limit`/`offset` are validated integers (a fraction is a 400, as for sessions).
   if (auto n = get_number(*q, "limit")) tq.limit = static_cast<std::int64_t>(*n);
   if (auto n = get_number(*q, "offset")) tq.offset = static_cast<std::int64_t>(*n);
+  tq.projects_in = ctx.who.projects;
   auto list = co_await ctx.svc.tasks.list(std::move(tq));
   ctx.reply(render_list(list));
 }

@@ -42,6 +42,7 @@ std::string type_message(const field_spec& f, std::string_view prefix = {}) {
       return p + " must be an object";
     case field_kind::number_array:
     case field_kind::enum_array:
+    case field_kind::string_array:
       return p + " must be an array";
     case field_kind::enum_value: {
       std::string m = p + " must be one of the following values: ";
@@ -146,6 +147,29 @@ void check_field(const field_spec& f, json::value& v, std::vector<std::string>& 
       if (below)
         out.push_back("each value in " + p + " must not be less than " + fmt_number(*f.min));
       if (f.unique && dup) out.push_back("All " + p + "'s elements must be unique");
+      return;
+    }
+    case field_kind::string_array: {
+      if (!v.is_array()) {
+        out.push_back(type_message(f));
+        return;
+      }
+      bool bad = false;
+      std::set<std::string_view> seen;
+      bool dup = false;
+      for (const auto& e : v.as_array()) {
+        if (!e.is_string() || e.as_string().empty()) {
+          bad = true;
+        } else if (!seen.insert(std::string_view(e.as_string())).second) {
+          dup = true;
+        }
+      }
+      const std::string p(f.name);
+      if (bad) out.push_back("each value in " + p + " must be a non-empty string");
+      if (f.unique && dup) out.push_back("All " + p + "'s elements must be unique");
+      if (f.max && static_cast<double>(v.as_array().size()) > *f.max) {
+        out.push_back(p + " must contain no more than " + fmt_number(*f.max) + " elements");
+      }
       return;
     }
     case field_kind::enum_array: {
@@ -400,8 +424,14 @@ json::object to_json_schema(const schema& s) {
         p["type"] = "array";
         p["items"] = json::object{{"type", "string"}, {"enum", enum_list()}};
         break;
+      case field_kind::string_array:
+        p["type"] = "array";
+        p["items"] = json::object{{"type", "string"}, {"minLength", 1}};
+        if (f.unique) p["uniqueItems"] = true;
+        if (f.max) p["maxItems"] = *f.max;
+        break;
     }
-    if (f.kind != field_kind::number_array) {
+    if (f.kind != field_kind::number_array && f.kind != field_kind::string_array) {
       if (f.min) p["minimum"] = *f.min;
       if (f.max) p["maximum"] = *f.max;
     }

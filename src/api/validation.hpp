@@ -25,7 +25,8 @@ enum class field_kind {
   number_array,  // array of numbers
   enum_array,    // array of enum members
   enum_value,
-  iso_date,  // ISO-8601 date string
+  iso_date,      // ISO-8601 date string
+  string_array,  // array of non-empty strings
 };
 
 struct field_spec {

@@ -28,7 +28,7 @@ constexpr const char* usage =
     "\n"
     "commands:\n"
     "  serve     run the HTTP server (default storage: ./var/statetrack.db)\n"
-    "  keys      create, list or revoke API keys stored in the database\n"
+    "  keys      create, list, rotate or revoke API keys stored in the database\n"
     "  migrate   apply database schema migrations and exit\n"
     "  backup    copy the database to a file while the server runs\n"
     "  version   print the version\n"
@@ -69,7 +69,16 @@ int keys_command(const std::vector<std::string>& args) {
       "db", po::value<std::string>()->default_value(default_db()), db_help)(
       "name", po::value<std::string>()->default_value("key"), "Name of a new key (create)")(
       "role", po::value<std::string>()->default_value("admin"),
-      "Role of a new key: admin, write or read (create)");
+      "Role of a new key: admin, write, read or machine (create)")(
+      "machine-id", po::value<std::string>(),
+      "The machine a machine key is bound to (create, role machine)")(
+      "projects", po::value<std::string>(),
+      "Comma-separated project ids the key is limited to (create; not for admin keys)")(
+      "expires-in-s", po::value<std::int64_t>(),
+      "The key expires this many seconds from now (create)")(
+      "expires-at", po::value<std::string>(), "The key expires at this ISO-8601 time (create)")(
+      "grace-s", po::value<std::int64_t>()->default_value(0),
+      "Seconds the old key keeps working after rotate (0: revoked at once)");
   po::options_description hidden;
   hidden.add_options()("action", po::value<std::string>())("target", po::value<std::string>());
   po::options_description all;
@@ -84,8 +93,11 @@ int keys_command(const std::vector<std::string>& args) {
     return 2;
   }
   const std::string help =
-      "usage: statetrack keys create [--name NAME] [--role ROLE] [--db FILE]\n"
+      "usage: statetrack keys create [--name NAME] [--role ROLE] [--machine-id ID]\n"
+      "                              [--projects P1,P2] [--expires-in-s N | --expires-at T]\n"
+      "                              [--db FILE]\n"
       "       statetrack keys list [--db FILE]\n"
+      "       statetrack keys rotate <id|prefix> [--grace-s N] [--db FILE]\n"
       "       statetrack keys revoke <id|prefix> [--db FILE]\n\n";
   if (vm.count("help") != 0 || vm.count("action") == 0) {
     std::cout << help << d;
@@ -98,13 +110,47 @@ int keys_command(const std::vector<std::string>& args) {
     storage::store& store = *opened;
     core::system_clock clock;
     if (action == "create") {
+      const core::timestamp now = clock.now();
       auto role = core::parse_role(vm["role"].as<std::string>());
       if (!role) {
-        std::cerr << "statetrack keys: --role must be admin, write or read\n";
+        std::cerr << "statetrack keys: --role must be admin, write, read or machine\n";
         return 2;
       }
-      auto [plain, rec] =
-          core::create_api_key(store, vm["name"].as<std::string>(), *role, clock.now());
+      core::key_spec spec;
+      spec.name = vm["name"].as<std::string>();
+      spec.role = *role;
+      if (vm.count("machine-id") != 0) spec.machine_id = vm["machine-id"].as<std::string>();
+      if (vm.count("projects") != 0) {
+        const std::string list = vm["projects"].as<std::string>();
+        std::size_t i = 0;
+        while (i <= list.size()) {
+          std::size_t j = list.find(',', i);
+          if (j == std::string::npos) j = list.size();
+          if (j > i) spec.projects.push_back(list.substr(i, j - i));
+          i = j + 1;
+        }
+      }
+      if (vm.count("expires-in-s") != 0 && vm.count("expires-at") != 0) {
+        std::cerr << "statetrack keys: give --expires-in-s or --expires-at, not both\n";
+        return 2;
+      }
+      if (vm.count("expires-in-s") != 0) {
+        spec.expires_at = core::timestamp{now.ms + vm["expires-in-s"].as<std::int64_t>() * 1000};
+      }
+      if (vm.count("expires-at") != 0) {
+        spec.expires_at = core::parse_iso(vm["expires-at"].as<std::string>());
+        if (!spec.expires_at) {
+          std::cerr << "statetrack keys: --expires-at must be an ISO-8601 time\n";
+          return 2;
+        }
+      }
+      auto problems = core::validate_key_spec(spec, now);
+      if (!problems.empty()) {
+        for (const auto& p : problems)
+          std::cerr << "statetrack keys: " << p << "\n";
+        return 2;
+      }
+      auto [plain, rec] = core::create_api_key(store, std::move(spec), now);
       std::cout << plain << "\n";
       std::cerr << "created key id " << rec.id << " (prefix " << rec.prefix << ", role "
                 << core::role_name(rec.role)
@@ -112,16 +158,65 @@ int keys_command(const std::vector<std::string>& args) {
       return 0;
     }
     if (action == "list") {
+      const core::timestamp now = clock.now();
       std::vector<core::api_key> keys;
       store.read_now([&](storage::read_view& v) { keys = v.list_api_keys(); });
-      std::cout << "id\tprefix\tname\trole\tcreated_at\tlast_used_at\tstatus\n";
+      std::cout << "id\tprefix\tname\trole\tmachine\tprojects\tcreated_at\tlast_used_at\t"
+                   "expires_at\tstatus\n";
       for (const auto& k : keys) {
+        std::string projects;
+        for (const auto& p : k.projects)
+          projects += (projects.empty() ? "" : ",") + p;
         std::cout << k.id << '\t' << k.prefix << '\t' << k.name << '\t' << core::role_name(k.role)
-                  << '\t' << core::format_iso(k.created_at) << '\t'
-                  << (k.last_used_at ? core::format_iso(*k.last_used_at) : "-") << '\t'
-                  << (k.revoked_at ? "revoked " + core::format_iso(*k.revoked_at) : "active")
+                  << '\t' << (k.machine_id.empty() ? "-" : k.machine_id) << '\t'
+                  << (projects.empty() ? "*" : projects) << '\t' << core::format_iso(k.created_at)
+                  << '\t' << (k.last_used_at ? core::format_iso(*k.last_used_at) : "-") << '\t'
+                  << (k.expires_at ? core::format_iso(*k.expires_at) : "-") << '\t'
+                  << (k.revoked_at ? "revoked " + core::format_iso(*k.revoked_at)
+                                   : std::string(core::key_state(k, now)))
                   << '\n';
       }
+      return 0;
+    }
+    if (action == "rotate") {
+      if (vm.count("target") == 0) {
+        std::cerr << "statetrack keys rotate: give the key id or prefix\n";
+        return 2;
+      }
+      const std::int64_t grace_s = vm["grace-s"].as<std::int64_t>();
+      if (grace_s < 0) {
+        std::cerr << "statetrack keys rotate: --grace-s must not be negative\n";
+        return 2;
+      }
+      const std::string target = vm["target"].as<std::string>();
+      std::vector<core::api_key> keys;
+      store.read_now([&](storage::read_view& v) { keys = v.list_api_keys(); });
+      auto found = core::find_keys(keys, target);
+      if (found.empty()) {
+        std::cerr << "statetrack keys rotate: no key with id or prefix " << target << "\n";
+        return 1;
+      }
+      if (found.size() > 1) {
+        std::cerr << "statetrack keys rotate: prefix " << target
+                  << " matches several keys; use the id\n";
+        return 2;
+      }
+      std::optional<core::result<core::rotation>> r;
+      store.write_now([&](storage::write_txn& tx) {
+        r.emplace(core::rotate_api_key(tx, found[0].id, grace_s, clock.now()));
+        return r->has_value();
+      });
+      if (!r->has_value()) {
+        std::cerr << "statetrack keys rotate: " << r->error().message << "\n";
+        return 1;
+      }
+      const auto& rot = r->value();
+      std::cout << rot.plain << "\n";
+      std::cerr << "created key id " << rot.fresh.id << " (prefix " << rot.fresh.prefix
+                << ") replacing key id " << rot.old.id << ", which "
+                << (grace_s > 0 ? "stays valid until " + core::format_iso(*rot.old.expires_at)
+                                : std::string("is revoked"))
+                << "; the new key is shown only once\n";
       return 0;
     }
     if (action == "revoke") {

@@ -195,6 +195,8 @@ int serve(const config& cfg) {
   ho.max_lag = cfg.event_max_lag;
   event_hub.emplace(*store, ioc.get_executor(), ho, &metrics);
   store->on_events_committed([&event_hub](std::int64_t seq) { event_hub->on_committed(seq); });
+  // A key revoked or rotated through the API wakes every stream to re-check its key.
+  keys.on_change([&event_hub] { event_hub->wake_all(); });
   events::stream_services streams;
   streams.events = &*event_hub;
   streams.keys = &keys;

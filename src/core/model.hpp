@@ -86,7 +86,10 @@ struct event {
   std::string data;  // JSON text: the new state of the record
 };
 
-enum class key_role { admin, write, read };
+// admin: everything, including keys, cleanup and purge; write: reads and writes; read: reads;
+// machine: bound to one machine id, may register and heartbeat it and create, heartbeat and
+// update the sessions and tasks on it (see core/access.hpp).
+enum class key_role { admin, write, read, machine };
 
 // A short-lived, single-use ticket that opens one event stream on behalf of an API key.
 struct stream_ticket {
@@ -106,6 +109,9 @@ struct api_key {
   timestamp created_at;
   std::optional<timestamp> last_used_at;
   std::optional<timestamp> revoked_at;
+  std::string machine_id;             // machine keys: the machine they are bound to
+  std::vector<std::string> projects;  // project scope; empty: every project
+  std::optional<timestamp> expires_at;
 };
 
 }  // namespace statetrack::core

@@ -211,6 +211,7 @@ boost::asio::awaitable<std::vector<session>> session_service::list(session_list_
   session_filter f;
   if (q.status) f.statuses = status_set::of({*q.status});
   f.project_id = std::move(q.project_id);
+  f.project_in = std::move(q.projects_in);
   f.machine_id = std::move(q.machine_id);
   f.order = session_order::created_desc;
   f.limit = q.limit;
@@ -299,9 +300,10 @@ task_of<heartbeat_outcome> session_service::heartbeat(std::string id, heartbeat_
   co_return co_await storage::write(store_, std::move(fn));
 }
 
-boost::asio::awaitable<std::vector<session>> session_service::stale(double threshold_s,
-                                                                    timestamp now) {
+boost::asio::awaitable<std::vector<session>> session_service::stale(
+    double threshold_s, timestamp now, std::vector<std::string> projects_in) {
   session_filter f;
+  f.project_in = std::move(projects_in);
   f.statuses = status_set::of({session_status::active, session_status::paused});
   f.last_heartbeat_before = now - static_cast<std::int64_t>(std::llround(threshold_s * 1000));
   f.order = session_order::last_heartbeat_asc;
@@ -310,8 +312,10 @@ boost::asio::awaitable<std::vector<session>> session_service::stale(double thres
 }
 
 boost::asio::awaitable<std::vector<session>> session_service::active(
-    std::optional<std::string> project_id, std::optional<std::string> machine_id) {
+    std::optional<std::string> project_id, std::optional<std::string> machine_id,
+    std::vector<std::string> projects_in) {
   session_filter f;
+  f.project_in = std::move(projects_in);
   f.statuses = status_set::of({session_status::active});
   f.project_id = std::move(project_id);
   f.machine_id = std::move(machine_id);
@@ -328,8 +332,10 @@ boost::asio::awaitable<std::vector<session>> session_service::by_project(std::st
   co_return co_await storage::read(store_, std::move(fn));
 }
 
-boost::asio::awaitable<std::vector<session>> session_service::by_machine(std::string machine_id) {
+boost::asio::awaitable<std::vector<session>> session_service::by_machine(
+    std::string machine_id, std::vector<std::string> projects_in) {
   session_filter f;
+  f.project_in = std::move(projects_in);
   f.machine_id = std::move(machine_id);
   f.order = session_order::started_desc;
   auto fn = [&f](read_view& v) { return v.list_sessions(f); };
@@ -340,6 +346,7 @@ boost::asio::awaitable<std::vector<session>> session_service::failed(session_lis
   session_filter f;
   f.statuses = status_set::of({session_status::failed});
   f.project_id = std::move(q.project_id);
+  f.project_in = std::move(q.projects_in);
   f.machine_id = std::move(q.machine_id);
   f.order = session_order::completed_desc;
   f.limit = q.limit;
@@ -499,6 +506,7 @@ boost::asio::awaitable<std::vector<session>> session_service::archived(session_l
   session_filter f;
   f.statuses = status_set::of({session_status::archived});
   f.project_id = std::move(q.project_id);
+  f.project_in = std::move(q.projects_in);
   f.machine_id = std::move(q.machine_id);
   f.order = session_order::updated_desc;
   f.limit = q.limit;
@@ -512,6 +520,7 @@ boost::asio::awaitable<std::vector<session>> session_service::recoverable(recove
   session_filter f;
   f.statuses = status_set::of({session_status::failed, session_status::stalled});
   f.project_id = std::move(q.project_id);
+  f.project_in = std::move(q.projects_in);
   f.machine_id = std::move(q.machine_id);
   if (q.max_age_minutes) {
     f.last_heartbeat_at_least =

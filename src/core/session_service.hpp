@@ -113,6 +113,7 @@ struct failure_info_data {
 struct session_list_query {
   std::optional<session_status> status;
   std::optional<std::string> project_id;
+  std::vector<std::string> projects_in;  // the caller's project scope; empty: every project
   std::optional<std::string> machine_id;
   std::int64_t limit = 20;
   std::int64_t offset = 0;
@@ -120,6 +121,7 @@ struct session_list_query {
 
 struct recoverable_query {
   std::optional<std::string> project_id;
+  std::vector<std::string> projects_in;  // the caller's project scope; empty: every project
   std::optional<std::string> machine_id;
   std::optional<double> max_age_minutes;
   std::optional<double> min_age_minutes;
@@ -148,11 +150,15 @@ class session_service {
   task_of<session> set_directive(std::string id, directive d, std::optional<std::string> reason);
   task_of<std::vector<event>> events_of(std::string id, std::int64_t after, std::int64_t limit);
 
-  boost::asio::awaitable<std::vector<session>> stale(double threshold_s, timestamp now);
+  // `projects_in`: the caller's project scope (empty: every project).
+  boost::asio::awaitable<std::vector<session>> stale(double threshold_s, timestamp now,
+                                                     std::vector<std::string> projects_in = {});
   boost::asio::awaitable<std::vector<session>> active(std::optional<std::string> project_id,
-                                                      std::optional<std::string> machine_id);
+                                                      std::optional<std::string> machine_id,
+                                                      std::vector<std::string> projects_in = {});
   boost::asio::awaitable<std::vector<session>> by_project(std::string project_id);
-  boost::asio::awaitable<std::vector<session>> by_machine(std::string machine_id);
+  boost::asio::awaitable<std::vector<session>> by_machine(
+      std::string machine_id, std::vector<std::string> projects_in = {});
 
   boost::asio::awaitable<std::vector<session>> failed(session_list_query q);
   task_of<failure_info_data> failure_info(std::string id);

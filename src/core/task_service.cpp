@@ -141,6 +141,7 @@ boost::asio::awaitable<std::vector<task>> task_service::list(task_list_query q) 
   f.session_id = std::move(q.session_id);
   f.status = q.status;
   f.project_id = std::move(q.project_id);
+  f.project_in = std::move(q.projects_in);
   f.limit = q.limit;
   f.offset = q.offset;
   auto fn = [&f](read_view& v) { return v.list_tasks(f); };

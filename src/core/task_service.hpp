@@ -35,13 +35,14 @@ struct update_task_input {
   std::optional<std::string> error_message;
   bool clear_error_message = false;
   std::optional<boost::json::object> metadata;  // shallow-merged
-  std::optional<std::int64_t> epoch;             // the parent session's epoch (fencing)
+  std::optional<std::int64_t> epoch;            // the parent session's epoch (fencing)
 };
 
 struct task_list_query {
   std::optional<std::string> session_id;
   std::optional<task_status> status;
   std::optional<std::string> project_id;
+  std::vector<std::string> projects_in;  // the caller's project scope; empty: every project
   std::int64_t limit = 20;
   std::int64_t offset = 0;
 };

@@ -38,7 +38,12 @@ boost::asio::awaitable<std::optional<principal>> redeem_ticket(storage::store& s
   auto r = co_await storage::write(store, std::move(fn));
   r.value();
   if (!found) co_return std::nullopt;
-  co_return principal{found->key_id, found->role, found->key_db_id};
+  // Only the key's identity: the caller reloads its current role and scope (key_verifier::reload).
+  principal p;
+  p.key_id = found->key_id;
+  p.role = found->role;
+  p.db_id = found->key_db_id;
+  co_return p;
 }
 
 }  // namespace statetrack::core

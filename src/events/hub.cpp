@@ -1,6 +1,8 @@
 // Ring maintenance and wake-ups.
 #include "events/hub.hpp"
 
+#include <algorithm>
+
 #include <boost/asio/post.hpp>
 
 #include "obs/metrics.hpp"
@@ -31,6 +33,11 @@ message_ptr render(core::event e) {
 }
 
 bool filter::matches(const core::event& e) const {
+  if (!scope_projects.empty() && std::find(scope_projects.begin(), scope_projects.end(),
+                                           e.project_id) == scope_projects.end()) {
+    return false;
+  }
+  if (scope_machine && e.machine_id != *scope_machine) return false;
   if (project_id && e.project_id != *project_id) return false;
   if (session_id && e.session_id != *session_id) return false;
   if (machine_id && e.machine_id != *machine_id) return false;
@@ -111,6 +118,10 @@ void hub::pull() {
 
 void hub::shutdown() {
   closing_ = true;
+  wake_all();
+}
+
+void hub::wake_all() {
   std::vector<waiter> to_wake;
   {
     std::lock_guard lk(mu_);

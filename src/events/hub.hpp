@@ -40,12 +40,16 @@ using message_ptr = std::shared_ptr<const message>;
 message_ptr render(core::event e);
 
 // What a subscriber wants. Empty fields match everything; `types` entries are exact event
-// types or prefixes ending in ".*" (session.*).
+// types or prefixes ending in ".*" (session.*). The scope comes from the stream's key, never
+// from the client: a project-scoped key sees only its projects' events, a machine key only
+// its machine's.
 struct filter {
   std::optional<std::string> project_id;
   std::optional<std::string> session_id;
   std::optional<std::string> machine_id;
   std::vector<std::string> types;
+  std::vector<std::string> scope_projects;   // non-empty: project_id must be one of these
+  std::optional<std::string> scope_machine;  // machine_id must be this
   bool matches(const core::event& e) const;
 };
 
@@ -76,6 +80,8 @@ class hub {
 
   // Server shutdown: every stream is woken and ends (WebSocket with 1001 going away).
   void shutdown();
+  // Wakes every stream (a key was revoked: each re-checks its key at once).
+  void wake_all();
   bool closing() const { return closing_.load(); }
   storage::store& store() { return store_; }
 

@@ -23,8 +23,8 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/websocket.hpp>
 #include <boost/beast/websocket/ssl.hpp>
-#include <boost/json/parse.hpp>
 
+#include "events/client_message.hpp"
 #include "events/cursor.hpp"
 #include "events/stream.hpp"
 #include "obs/logger.hpp"
@@ -85,6 +85,7 @@ boost::asio::awaitable<void> run_sse(Stream& stream, stream_request req,
   cursor cur(*svc.events, req.f, req.since);
   auto last_keepalive = std::chrono::steady_clock::now();
   auto last_check = last_keepalive;
+  std::uint64_t key_generation = svc.keys->generation();
   boost::system::error_code ec;
   std::string buf;
   // Tell the client how long to wait before reconnecting (EventSource honours it).
@@ -126,8 +127,9 @@ boost::asio::awaitable<void> run_sse(Stream& stream, stream_request req,
       if (ec) co_return;
       svc.events->count_delivered(b.messages.size());
     }
-    if (now - last_check >= svc.revalidate) {
+    if (now - last_check >= svc.revalidate || svc.keys->generation() != key_generation) {
       last_check = now;
+      key_generation = svc.keys->generation();
       if (!(co_await svc.keys->still_valid(req.who))) {
         buf = "event: error\ndata: " +
               detail::control_message("error", "key_revoked",
@@ -195,81 +197,35 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
             asio::redirect_error(asio::use_awaitable, cec));
         co_return;
       }
-      std::string text = boost::beast::buffers_to_string(in.data());
-      boost::system::error_code pec;
-      auto v = boost::json::parse(text, pec);
+      const std::string text = boost::beast::buffers_to_string(in.data());
+      client_message m = parse_client_message(text);
       std::string reply;
-      if (pec || !v.is_object() || !v.as_object().contains("type") ||
-          !v.as_object().at("type").is_string()) {
-        reply = detail::control_message("error", "bad_message",
-                                        "messages are JSON objects with a string `type`",
-                                        st->cur ? st->cur->position() : 0);
-      } else {
-        const auto& o = v.as_object();
-        const auto type = o.at("type").as_string();
-        if (type == "ping") {
+      switch (m.k) {
+        case client_message::kind::ping:
           reply = R"({"type":"pong"})";
-        } else if (type == "unsubscribe") {
+          break;
+        case client_message::kind::unsubscribe:
           st->cur.reset();
           reply = R"({"type":"unsubscribed"})";
-        } else if (type == "subscribe") {
-          filter f;
-          bool ok = true;
-          auto str = [&](const char* k, std::optional<std::string>& dst) {
-            if (auto* x = o.if_contains(k); x != nullptr && !x->is_null()) {
-              if (x->is_string()) {
-                dst = std::string(x->as_string());
-              } else {
-                ok = false;
-              }
-            }
-          };
-          str("project_id", f.project_id);
-          str("session_id", f.session_id);
-          str("machine_id", f.machine_id);
-          if (auto* t = o.if_contains("types"); t != nullptr && !t->is_null()) {
-            if (!t->is_array()) ok = false;
-            if (ok) {
-              for (const auto& e : t->as_array()) {
-                if (!e.is_string()) ok = false;
-                if (ok) f.types.emplace_back(e.as_string());
-              }
-            }
-          }
-          std::optional<std::int64_t> since;
-          if (auto* s = o.if_contains("since"); s != nullptr && !s->is_null()) {
-            if (s->is_int64() && s->as_int64() >= 0) {
-              since = s->as_int64();
-            } else if (s->is_uint64()) {
-              since = static_cast<std::int64_t>(s->as_uint64());
-            } else {
-              ok = false;
-            }
-          }
-          if (!ok) {
-            reply = detail::control_message(
-                "error", "bad_subscription",
-                "project_id, session_id and machine_id are strings, types an array of strings, "
-                "since a non-negative integer",
-                st->cur ? st->cur->position() : 0);
-          } else {
-            // A new `since` restarts from there; otherwise the stream continues where it is.
-            std::optional<std::int64_t> from = since;
-            if (!from && st->cur) from = st->cur->position();
-            st->cur.emplace(*svc.events, std::move(f), from);
-            std::string r;
-            util::json_writer w(r);
-            w.begin_object();
-            w.field("type", "subscribed");
-            w.field("after_seq", st->cur->position());
-            w.end_object();
-            reply = std::move(r);
-          }
-        } else {
-          reply = detail::control_message(
-              "error", "unknown_type", "unknown message type; use subscribe, unsubscribe or ping",
-              st->cur ? st->cur->position() : 0);
+          break;
+        case client_message::kind::subscribe: {
+          m.f.scope_projects = req.f.scope_projects;  // the key's scope stays
+          m.f.scope_machine = req.f.scope_machine;
+          // A new `since` restarts from there; otherwise the stream continues where it is.
+          std::optional<std::int64_t> from = m.since;
+          if (!from && st->cur) from = st->cur->position();
+          st->cur.emplace(*svc.events, std::move(m.f), from);
+          util::json_writer w(reply);
+          w.begin_object();
+          w.field("type", "subscribed");
+          w.field("after_seq", st->cur->position());
+          w.end_object();
+          break;
         }
+        default:
+          reply =
+              detail::control_message("error", client_message_error_code(m.k),
+                                      client_message_error(m.k), st->cur ? st->cur->position() : 0);
       }
       st->outbox.push_back(std::move(reply));
       timer->cancel();
@@ -278,6 +234,7 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
 
   auto writer = [&]() -> asio::awaitable<void> {
     auto last_check = std::chrono::steady_clock::now();
+    std::uint64_t key_generation = svc.keys->generation();
     boost::system::error_code ec;
     for (;;) {
       while (!st->outbox.empty()) {
@@ -314,8 +271,9 @@ boost::asio::awaitable<void> run_websocket(WebSocket& ws, stream_request req,
       }
       svc.events->count_delivered(b.messages.size());
       auto now = std::chrono::steady_clock::now();
-      if (now - last_check >= svc.revalidate) {
+      if (now - last_check >= svc.revalidate || svc.keys->generation() != key_generation) {
         last_check = now;
+        key_generation = svc.keys->generation();
         if (!(co_await svc.keys->still_valid(req.who))) {
           std::string m = detail::control_message("error", "key_revoked",
                                                   "the API key of this stream was revoked",

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <exception>
 
+#include "api/access.hpp"
 #include "api/context.hpp"
 #include "api/services.hpp"
 #include "core/api_keys.hpp"
@@ -185,14 +186,20 @@ boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
             }
           }
           if (ticket) {
-            // Browsers open streams with a single-use ticket instead of a key header.
+            // Browsers open streams with a single-use ticket instead of a key header; the
+            // stream gets its key's current role and scope.
             who = co_await core::redeem_ticket(svc_.store, *ticket, now);
+            if (who) who = co_await svc_.keys.reload(*who);
             if (!who) fail(core::make_error(errc::unauthorized, "Invalid or expired ticket"));
           } else if (key.empty()) {
             fail(core::make_error(errc::unauthorized, "API key is missing"));
           } else {
-            who = co_await svc_.keys.verify(key);
-            if (!who) fail(core::make_error(errc::unauthorized, "Invalid API key"));
+            bool expired = false;
+            who = co_await svc_.keys.verify(key, &expired);
+            if (!who) {
+              fail(core::make_error(errc::unauthorized,
+                                    expired ? "API key has expired" : "Invalid API key"));
+            }
           }
           if (who) {
             key_id = who->key_id;
@@ -200,15 +207,27 @@ boost::asio::awaitable<void> pipeline::handle(request& req, response& res) {
             note_auth_failure(req.client_ip, now.ms);
           }
         }
-        if (!blocked && (!r.authenticated || who)) {
+        // Authorization: the right the route needs (access table), then, for a machine key
+        // or a project-scoped key, the object the route acts on.
+        std::optional<std::string> denied;
+        if (!blocked && who) denied = core::route_denial(*who, r.need, r.machine_ok);
+        if (denied) {
+          fail(core::make_error(errc::forbidden, std::move(*denied)));
+        } else if (!blocked && (!r.authenticated || who)) {
           if (m.bad_escape) {
             fail(core::make_error(errc::bad_request,
                                   "Failed to decode param '" + m.bad_param + "'"));
           } else {
             api::context ctx{req,  res,   svc_,       r,   std::move(m.params),
                              path, query, request_id, now, who.value_or(core::principal{})};
-            res.status = r.success_status;
-            co_await r.handler(ctx);
+            std::optional<core::error> refused;
+            if (who && who->restricted()) refused = co_await api::check_target(ctx);
+            if (refused) {
+              fail(*refused);
+            } else {
+              res.status = r.success_status;
+              co_await r.handler(ctx);
+            }
           }
         }
       }

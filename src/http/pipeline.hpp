@@ -1,7 +1,8 @@
 // The one place every request passes through, in this order:
 //   request id + timer -> CORS preflight -> route match (404) -> rate limit (429) ->
-//   failed-authentication throttle (429) -> authentication (401) -> handler (validation 400,
-//   business 4xx) -> error mapping
+//   failed-authentication throttle (429) -> authentication (401) -> authorization: the
+//   route's right (api/access.cpp) and, for restricted keys, its target object (403) ->
+//   handler (validation 400, business 4xx) -> error mapping
 // followed by the CORS and security headers, exactly one access-log line and the metrics.
 // The only try/catch on the request path. Shared by all connections; its only state is the
 // two rate limiters (requests per endpoint, failed authentications per client address).

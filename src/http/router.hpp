@@ -13,6 +13,7 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include "core/access.hpp"
 #include "http/message.hpp"
 
 namespace statetrack::api {
@@ -24,6 +25,11 @@ namespace statetrack::http {
 using handler_fn = boost::asio::awaitable<void> (*)(api::context&);
 
 enum class limit_class { none, standard, heartbeat };
+
+// The object a route acts on, named by its first path parameter: for a restricted key (machine
+// key or project scope) the pipeline loads it and checks the key may touch it before the
+// handler runs.
+enum class target_kind { none, session, task, machine, project };
 
 // OpenAPI facts about a route, kept next to the route so the document cannot drift.
 struct route_doc {
@@ -43,6 +49,11 @@ struct route {
   limit_class limit = limit_class::standard;
   bool authenticated = true;
   bool accepts_ticket = false;  // `?ticket=` (a stream ticket) may replace the key header
+  // The right the route needs and what it acts on; set for every route from the access table
+  // (api/access.cpp), which refuses to start with a route it does not list.
+  core::access_level need = core::access_level::admin;
+  bool machine_ok = false;  // machine keys may call it (for their own machine)
+  target_kind target = target_kind::none;
   unsigned success_status = 200;
   route_doc doc;
   std::size_t index = 0;  // dense id assigned by the router

@@ -75,11 +75,11 @@ scheduler::scheduler(asio::io_context& ioc, scheduler_options opts, core::sessio
 void scheduler::apply_restart_grace() {
   if (!opts_.enabled || opts_.restart_grace_s <= 0) return;
   // Runs to completion before the server accepts requests and before the first sweep.
-  asio::io_context once;
+  startup_ctx_ = std::make_unique<asio::io_context>();
   auto done = asio::co_spawn(
-      once, sessions_.apply_restart_grace(clock_.now(), opts_.restart_grace_s * 1000),
+      *startup_ctx_, sessions_.apply_restart_grace(clock_.now(), opts_.restart_grace_s * 1000),
       asio::use_future);
-  once.run();
+  startup_ctx_->run();
   const std::int64_t n = done.get();
   if (n > 0) {
     obs::fields f;

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -113,6 +114,10 @@ class scheduler {
   obs::counter* incidents_ = nullptr;
   obs::counter* repairs_ = nullptr;
   std::atomic<bool> braking_{false};
+  // Runs the restart grace before the server starts. Kept as long as the scheduler: the store
+  // thread that resumes the coroutine is still inside its post to this context when run()
+  // may already have returned, so it must not be destroyed right after.
+  std::unique_ptr<boost::asio::io_context> startup_ctx_;
 };
 
 }  // namespace statetrack::jobs

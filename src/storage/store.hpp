@@ -45,6 +45,7 @@ enum class session_order {
 struct session_filter {
   status_set statuses;  // empty = any status
   std::optional<std::string> project_id;
+  std::vector<std::string> project_in;  // non-empty: project_id is one of these (key scope)
   std::optional<std::string> machine_id;
   std::optional<timestamp> last_heartbeat_before;    // strictly before
   std::optional<timestamp> last_heartbeat_at_least;  // >=
@@ -61,6 +62,7 @@ struct task_filter {
   std::optional<std::string> session_id;
   std::optional<core::task_status> status;
   std::optional<std::string> project_id;
+  std::vector<std::string> project_in;          // non-empty: project_id is one of these (key scope)
   std::vector<core::task_status> statuses_any;  // alternative to status: any of these
   std::optional<timestamp> completed_before;
   std::int64_t limit = 0;
@@ -141,6 +143,8 @@ class write_txn : public read_view {
 
   virtual void insert_api_key(core::api_key& k) = 0;  // sets k.id
   virtual bool revoke_api_key(std::int64_t id, timestamp at) = 0;
+  // Makes an unrevoked key expire at `at` unless it already expires earlier.
+  virtual bool expire_api_key(std::int64_t id, timestamp at) = 0;
   virtual void touch_api_key(std::int64_t id, timestamp at) = 0;
 };
 

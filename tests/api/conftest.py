@@ -38,6 +38,13 @@ LISTEN_RE = re.compile(r"statetrack listening on 127\.0\.0\.1:(\d+)( \(https\))?
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 15
 
+# A sanitizer report on a server's stderr fails the test during which it appeared, even when
+# the server is SIGKILLed afterwards or keeps running (the shared server): a sanitizer build
+# (asan, tsan) is run with halt_on_error, and an exit code alone misses killed servers.
+SANITIZER_RE = re.compile(
+    r"WARNING: ThreadSanitizer|ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error: ")
+_SERVERS = []  # every Server started in this session, checked after each test
+
 # Variables the server reads; never inherit them from the caller's environment.
 _SCRUBBED = {
     "API_KEYS", "PORT", "LOG_LEVEL", "LOG_FORMAT", "NODE_ENV", "RATE_LIMIT_DEFAULT",
@@ -73,6 +80,7 @@ class Server:
         self.port = None
         self.scheme = "http"     # "https" when the ready line says so
         self.returncode = None
+        self._checked = 0        # stderr lines already checked for sanitizer reports
         full_env = _clean_env()
         full_env["API_KEYS"] = API_KEYS
         full_env["LOG_FORMAT"] = "json"
@@ -93,6 +101,7 @@ class Server:
         self._t_err = threading.Thread(target=self._drain_stderr, daemon=True)
         self._t_out.start()
         self._t_err.start()
+        _SERVERS.append(self)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not self._ready.wait(0.05):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -192,6 +201,15 @@ class Server:
         self._t_out.join(5)
         self._t_err.join(5)
 
+    def new_sanitizer_report(self):
+        """The stderr since the last call if it holds a sanitizer report, else None."""
+        with self._lock:
+            lines = self.err_lines[self._checked:]
+            self._checked = len(self.err_lines)
+        if any(SANITIZER_RE.search(line) for line in lines):
+            return "\n".join(lines[-200:])
+        return None
+
     def client(self, prefix="", key=API_KEY, auth="x-api-key"):
         return Client(self.base_url, prefix=prefix, key=key, auth=auth, verify=self.tls_ca)
 
@@ -235,6 +253,25 @@ class Client:
 
     def delete(self, path, json=_MISSING, **kw):
         return self.request("DELETE", path, json=json, **kw)
+
+
+@pytest.fixture(autouse=True)
+def _no_sanitizer_reports():
+    """Fail the test if any server printed a sanitizer report while it ran."""
+    yield
+    reports = []
+    for srv in list(_SERVERS):
+        exited = not srv.running
+        if exited:
+            srv._join()  # whatever it printed before exiting
+        r = srv.new_sanitizer_report()
+        if r:
+            reports.append(f"{srv.argv}:\n{r}")
+        if exited:
+            _SERVERS.remove(srv)
+    if reports:
+        pytest.fail("sanitizer report from the server:\n" + "\n\n".join(reports),
+                    pytrace=False)
 
 
 # --- backend ---------------------------------------------------------------------------------
@@ -310,7 +347,8 @@ def start_server(statetrack_bin, tmp_path):
         if srv.running:
             rc = srv.stop()
             if rc != 0:
-                failures.append(f"{srv.argv}: exit code {rc} after SIGTERM (expected 0)")
+                failures.append(f"{srv.argv}: exit code {rc} after SIGTERM (expected 0)\n"
+                                "--- stderr (last 40 lines) ---\n" + "\n".join(srv.err_lines[-40:]))
     assert not failures, "\n".join(failures)
 
 

@@ -40,6 +40,9 @@ ADDITIONAL = {("GET", "/metrics"), ("POST", "/sessions/{}/directive"), ("GET", "
               ("GET", "/events"), ("GET", "/events/stream"), ("POST", "/events/ticket")}
 # Operator routes (src/api/admin.cpp).
 ADDITIONAL |= {("GET", "/admin/log-level"), ("PUT", "/admin/log-level")}
+# API key administration (src/api/keys.cpp).
+ADDITIONAL |= {("POST", "/keys"), ("GET", "/keys"), ("POST", "/keys/{}/rotate"),
+               ("DELETE", "/keys/{}")}
 
 
 def _norm(path):

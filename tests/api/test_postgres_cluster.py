@@ -297,7 +297,7 @@ def test_migrate_and_keys_commands_work_on_postgres(statetrack_bin, shared_db):
     p = subprocess.run([statetrack_bin, "migrate", "--db", shared_db], capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 0 and "up to date" in p.stdout, (p.stdout, p.stderr)
-    assert psql(shared_db, "SELECT count(*) FROM schema_migrations") == [["1"]]
+    assert psql(shared_db, "SELECT count(*) FROM schema_migrations") == [["2"]]
     p = subprocess.run([statetrack_bin, "keys", "create", "--name", "pgkey", "--db", shared_db],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0 and p.stdout.startswith("st_"), (p.stdout, p.stderr)

@@ -418,7 +418,8 @@ TEST_F(PgStore, AFailingDeferredUpdateFailsOnlyItsOwnWrite) {
     END $$;
     CREATE TRIGGER refuse BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION refuse();
   )sql");
-  boost::asio::io_context ioc;
+  testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
+  boost::asio::io_context& ioc = pooled.get();
   std::atomic<int> ok{0};
   std::vector<std::string> failed;
   auto task = [&](int i) -> boost::asio::awaitable<void> {
@@ -469,9 +470,10 @@ TEST_F(PgStore, TerminatedConnectionsAreReplacedWithoutAnError) {
   EXPECT_EQ(n, 2);
 }
 
-// Runs an async read on a private io_context; returns how long it took and what it threw.
+// Runs an async read on a pooled io_context; returns how long it took and what it threw.
 std::pair<std::chrono::milliseconds, std::exception_ptr> timed_async_read(store& s) {
-  boost::asio::io_context ioc;
+  testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
+  boost::asio::io_context& ioc = pooled.get();
   std::exception_ptr ep;
   const auto t0 = steady::now();
   boost::asio::co_spawn(

@@ -7,6 +7,7 @@
 #include <functional>
 #include <memory>
 #include <thread>
+#include <tuple>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -272,7 +273,8 @@ TEST_P(StoreConformance, ConcurrentWritesShareCommitsAndAllSurvive) {
 
 TEST_P(StoreConformance, AFailingWriteDoesNotSinkItsBatch) {
   // Many async writers: every third one throws after writing; the rest must commit.
-  boost::asio::io_context ioc;
+  testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
+  boost::asio::io_context& ioc = pooled.get();
   std::atomic<int> ok{0};
   std::atomic<int> failed{0};
   // The coroutine lambda outlives every coroutine it starts; the index is a parameter, so it
@@ -331,6 +333,102 @@ TEST_P(StoreConformance, ApiKeysByPrefixAndRevocation) {
   });
   EXPECT_TRUE(revoked);
   EXPECT_FALSE(again);
+}
+
+TEST_P(StoreConformance, ApiKeyScopeMachineAndExpiryRoundTrip) {
+  core::api_key k;
+  k.prefix = "st_scope123";
+  k.hash = std::string(64, 'b');
+  k.name = "agent";
+  k.role = core::key_role::machine;
+  k.machine_id = "host-7";
+  k.projects = {"p1", "p \"2\""};
+  k.expires_at = timestamp{5000};
+  k.created_at = timestamp{1};
+  core::api_key plain;
+  plain.prefix = "st_plain123";
+  plain.hash = std::string(64, 'c');
+  plain.name = "plain";
+  plain.role = core::key_role::read;
+  plain.created_at = timestamp{1};
+  store_->write_now([&](write_txn& tx) {
+    tx.insert_api_key(k);
+    tx.insert_api_key(plain);
+    return true;
+  });
+  std::optional<core::api_key> found;
+  std::optional<core::api_key> found_plain;
+  store_->read_now([&](read_view& v) {
+    found = v.find_api_key("st_scope123");
+    found_plain = v.find_api_key("st_plain123");
+  });
+  ASSERT_TRUE(found && found_plain);
+  EXPECT_EQ(found->role, core::key_role::machine);
+  EXPECT_EQ(found->machine_id, "host-7");
+  EXPECT_EQ(found->projects, k.projects);
+  EXPECT_EQ(found->expires_at, timestamp{5000});
+  EXPECT_TRUE(found_plain->machine_id.empty());
+  EXPECT_TRUE(found_plain->projects.empty());
+  EXPECT_FALSE(found_plain->expires_at);
+  // expire_api_key only brings an expiry forward, and never touches a revoked key
+  bool later = true;
+  bool earlier = false;
+  bool revoked_one = true;
+  store_->write_now([&](write_txn& tx) {
+    later = tx.expire_api_key(k.id, timestamp{9000});
+    earlier = tx.expire_api_key(k.id, timestamp{3000});
+    tx.revoke_api_key(plain.id, timestamp{2});
+    revoked_one = tx.expire_api_key(plain.id, timestamp{3000});
+    tx.touch_api_key(k.id, timestamp{42});
+    return true;
+  });
+  EXPECT_FALSE(later);
+  EXPECT_TRUE(earlier);
+  EXPECT_FALSE(revoked_one);
+  store_->read_now([&](read_view& v) { found = v.find_api_key("st_scope123"); });
+  EXPECT_EQ(found->expires_at, timestamp{3000});
+  EXPECT_EQ(found->last_used_at, timestamp{42});
+}
+
+TEST_P(StoreConformance, ProjectScopeFiltersSessionsAndTasks) {
+  put(make_session("a1", "pa", session_status::active, 1));
+  put(make_session("b1", "pb", session_status::active, 2));
+  put(make_session("c1", "pc", session_status::active, 3));
+  store_->write_now([&](write_txn& tx) {
+    for (const auto& [id, sid, proj] :
+         {std::tuple{"ta", "a1", "pa"}, std::tuple{"tb", "b1", "pb"}}) {
+      core::task t;
+      t.oid = "0123456789abcdef01234567";
+      t.task_id = id;
+      t.session_id = sid;
+      t.project_id = proj;
+      t.task_name = "x";
+      t.created_at = t.updated_at = timestamp{1};
+      tx.insert_task(t);
+    }
+    return true;
+  });
+  session_filter f;
+  f.project_in = {"pa", "pc"};
+  std::vector<std::string> ids;
+  for (const auto& s : list(f))
+    ids.push_back(s.session_id);
+  EXPECT_EQ(ids, (std::vector<std::string>{"c1", "a1"}));
+  f.project_id = "pb";  // a requested project outside the scope: nothing
+  EXPECT_TRUE(list(f).empty());
+  std::int64_t n = 0;
+  std::vector<core::task> tasks;
+  store_->read_now([&](read_view& v) {
+    session_filter g;
+    g.project_in = {"pb"};
+    n = v.count_sessions(g);
+    task_filter tf;
+    tf.project_in = {"pa"};
+    tasks = v.list_tasks(tf);
+  });
+  EXPECT_EQ(n, 1);
+  ASSERT_EQ(tasks.size(), 1U);
+  EXPECT_EQ(tasks[0].task_id, "ta");
 }
 
 TEST_P(StoreConformance, PingAnswers) {
@@ -573,7 +671,8 @@ TEST_P(StoreConformance, PruneKeepsTheNewestAndSeqsNeverRepeat) {
 }
 
 TEST_P(StoreConformance, RolledBackWritesInABatchLeaveNoGaps) {
-  boost::asio::io_context ioc;
+  testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
+  boost::asio::io_context& ioc = pooled.get();
   auto task = [&](int i) -> boost::asio::awaitable<void> {
     write_fn fn = [i](write_txn& tx) {
       core::event e;

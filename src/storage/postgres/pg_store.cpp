@@ -17,7 +17,9 @@
 #include <boost/json/serialize.hpp>
 #include <libpq-fe.h>
 
+#include "core/access.hpp"
 #include "obs/metrics.hpp"
+#include "storage/job_error.hpp"
 #include "storage/postgres/conninfo.hpp"
 #include "storage/postgres/schema.hpp"
 
@@ -200,6 +202,8 @@ std::string_view role_name(core::key_role r) {
       return "write";
     case core::key_role::read:
       return "read";
+    case core::key_role::machine:
+      return "machine";
   }
   return "read";
 }
@@ -207,6 +211,7 @@ std::string_view role_name(core::key_role r) {
 core::key_role parse_role(std::string_view s) {
   if (s == "admin") return core::key_role::admin;
   if (s == "write") return core::key_role::write;
+  if (s == "machine") return core::key_role::machine;
   return core::key_role::read;
 }
 
@@ -227,7 +232,8 @@ core::event read_event(const result& r, int row) {
 }
 
 constexpr const char* key_cols =
-    "id, prefix, hash, name, role, created_at, last_used_at, revoked_at";
+    "id, prefix, hash, name, role, created_at, last_used_at, revoked_at, machine_id, projects, "
+    "expires_at";
 
 core::api_key read_key(const result& r, int row) {
   core::api_key k;
@@ -239,6 +245,9 @@ core::api_key read_key(const result& r, int row) {
   k.created_at = {r.int64(row, 5)};
   if (auto v = r.opt_int64(row, 6)) k.last_used_at = core::timestamp{*v};
   if (auto v = r.opt_int64(row, 7)) k.revoked_at = core::timestamp{*v};
+  k.machine_id = r.opt_text(row, 8).value_or("");
+  if (auto v = r.opt_text(row, 9)) k.projects = core::decode_projects(*v);
+  if (auto v = r.opt_int64(row, 10)) k.expires_at = core::timestamp{*v};
   return k;
 }
 
@@ -323,11 +332,14 @@ void require_storable(const machine& m) {
     require_storable("active_sessions", id);
 }
 
+bool storable_all(const std::vector<std::string>& v) {
+  return std::all_of(v.begin(), v.end(), [](const std::string& s) { return storable(s); });
+}
 bool storable(const session_filter& f) {
-  return storable_opt(f.project_id) && storable_opt(f.machine_id);
+  return storable_opt(f.project_id) && storable_opt(f.machine_id) && storable_all(f.project_in);
 }
 bool storable(const task_filter& f) {
-  return storable_opt(f.session_id) && storable_opt(f.project_id);
+  return storable_opt(f.session_id) && storable_opt(f.project_id) && storable_all(f.project_in);
 }
 
 // A WHERE clause under construction; `$` in a condition becomes the next parameter number.
@@ -388,10 +400,25 @@ void add_status_set(where_builder& w, status_set set) {
   w.add(cond);
 }
 
+// A key's project scope: project_id IN ($n, ...).
+void add_project_in(where_builder& w, const std::vector<std::string>& projects) {
+  if (projects.empty()) return;
+  std::string cond = "project_id IN (";
+  for (std::size_t i = 0; i < projects.size(); ++i) {
+    if (i > 0) cond += ',';
+    cond += '$';
+    cond += std::to_string(++w.n);
+    w.p.add(projects[i]);
+  }
+  cond += ')';
+  w.add(cond);
+}
+
 where_builder session_where(const session_filter& f) {
   where_builder w;
   add_status_set(w, f.statuses);
   if (f.project_id) w.add("project_id = $", *f.project_id);
+  add_project_in(w, f.project_in);
   if (f.machine_id) w.add("machine_id = $", *f.machine_id);
   if (f.last_heartbeat_before) w.add("last_heartbeat < $", f.last_heartbeat_before->ms);
   if (f.last_heartbeat_at_least) w.add("last_heartbeat >= $", f.last_heartbeat_at_least->ms);
@@ -426,6 +453,7 @@ where_builder task_where(const task_filter& f) {
   if (f.session_id) w.add("session_id = $", *f.session_id);
   if (f.status) w.add("status = $", core::to_string(*f.status));
   if (f.project_id) w.add("project_id = $", *f.project_id);
+  add_project_in(w, f.project_in);
   if (!f.statuses_any.empty()) {
     std::string cond = "status IN (";
     for (std::size_t i = 0; i < f.statuses_any.size(); ++i) {
@@ -853,22 +881,37 @@ class pg_ops final : public write_txn {
   void insert_api_key(core::api_key& k) override {
     require_storable("key name", k.name);
     require_storable("key prefix", k.prefix);
-    auto r =
-        q("INSERT INTO api_keys (prefix, hash, name, role, created_at, last_used_at, revoked_at) "
-          "VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-          params()
-              .add(k.prefix)
-              .add(k.hash)
-              .add(k.name)
-              .add(role_name(k.role))
-              .add(k.created_at.ms)
-              .add(opt_ms(k.last_used_at))
-              .add(opt_ms(k.revoked_at)));
+    require_storable("key machine_id", k.machine_id);
+    for (const auto& p : k.projects)
+      require_storable("key project id", p);
+    auto r = q(
+        "INSERT INTO api_keys (prefix, hash, name, role, created_at, last_used_at, revoked_at, "
+        "machine_id, projects, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+        "RETURNING id",
+        params()
+            .add(k.prefix)
+            .add(k.hash)
+            .add(k.name)
+            .add(role_name(k.role))
+            .add(k.created_at.ms)
+            .add(opt_ms(k.last_used_at))
+            .add(opt_ms(k.revoked_at))
+            .add(k.machine_id.empty() ? std::nullopt : std::optional<std::string>(k.machine_id))
+            .add(k.projects.empty() ? std::nullopt
+                                    : std::optional<std::string>(core::encode_projects(k.projects)))
+            .add(opt_ms(k.expires_at)));
     k.id = r.int64(0, 0);
   }
 
   bool revoke_api_key(std::int64_t id, core::timestamp at) override {
     return q("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+             params().add(at.ms).add(id))
+               .affected() > 0;
+  }
+
+  bool expire_api_key(std::int64_t id, core::timestamp at) override {
+    return q("UPDATE api_keys SET expires_at = $1 WHERE id = $2 AND revoked_at IS NULL AND "
+             "(expires_at IS NULL OR expires_at > $1)",
              params().add(at.ms).add(id))
                .affected() > 0;
   }
@@ -1339,7 +1382,7 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
     rollback();
     for (write_job* j : blamed) {
       if (++j->retries > opts_.max_deadlock_retries) {
-        j->error = ep;
+        j->error = own_copy(ep);  // one exception object per coroutine (job_error.hpp)
         j->given_up = true;
       }
     }
@@ -1409,7 +1452,7 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
     auto ep =
         unavailable(std::string("connection lost during COMMIT (outcome unknown): ") + e.what());
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (kept[i]) batch[i]->error = ep;
+      if (kept[i]) batch[i]->error = own_copy(ep);
     }
     writer_conn_.reset();
     writer_pid_ = 0;
@@ -1430,7 +1473,7 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
     auto ep = std::current_exception();
     rollback();
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (kept[i]) batch[i]->error = ep;
+      if (kept[i]) batch[i]->error = own_copy(ep);
     }
     failed_commits_.fetch_add(1, std::memory_order_relaxed);
     return batch_result::done;
@@ -1438,7 +1481,7 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
     auto ep = std::current_exception();
     rollback();
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (kept[i]) batch[i]->error = ep;
+      if (kept[i]) batch[i]->error = own_copy(ep);
     }
     failed_commits_.fetch_add(1, std::memory_order_relaxed);
     return batch_result::done;

@@ -138,6 +138,11 @@ CREATE TABLE api_keys (
 );
 CREATE INDEX api_keys_prefix ON api_keys(prefix);
 )sql"},
+      {2, "least-privilege API keys: machine binding, project scope, expiry", R"sql(
+ALTER TABLE api_keys ADD COLUMN machine_id TEXT;
+ALTER TABLE api_keys ADD COLUMN projects TEXT;
+ALTER TABLE api_keys ADD COLUMN expires_at BIGINT;
+)sql"},
   };
   return list;
 }

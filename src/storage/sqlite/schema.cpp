@@ -1,5 +1,6 @@
 // Migration 1: sessions, tasks, machines, the event outbox and API keys, with the indexes
 // every query and sweep uses (sweeps are index range scans over deadlines).
+// Migration 2: API keys bound to a machine, scoped to projects, expiring.
 #include "storage/sqlite/schema.hpp"
 
 namespace statetrack::storage::sqlite {
@@ -118,6 +119,11 @@ CREATE TABLE api_keys (
   revoked_at INTEGER
 ) STRICT;
 CREATE INDEX api_keys_prefix ON api_keys(prefix);
+)sql"},
+      {2, "least-privilege API keys: machine binding, project scope, expiry", R"sql(
+ALTER TABLE api_keys ADD COLUMN machine_id TEXT;
+ALTER TABLE api_keys ADD COLUMN projects TEXT;
+ALTER TABLE api_keys ADD COLUMN expires_at INTEGER;
 )sql"},
   };
   return list;

@@ -15,8 +15,10 @@
 #include <boost/json/serialize.hpp>
 #include <sqlite3.h>
 
+#include "core/access.hpp"
 #include "core/error.hpp"
 #include "obs/metrics.hpp"
+#include "storage/job_error.hpp"
 #include "storage/sqlite/schema.hpp"
 
 namespace statetrack::storage::sqlite {
@@ -201,6 +203,8 @@ std::string_view role_name(core::key_role r) {
       return "write";
     case core::key_role::read:
       return "read";
+    case core::key_role::machine:
+      return "machine";
   }
   return "read";
 }
@@ -208,6 +212,7 @@ std::string_view role_name(core::key_role r) {
 core::key_role parse_role(std::string_view s) {
   if (s == "admin") return core::key_role::admin;
   if (s == "write") return core::key_role::write;
+  if (s == "machine") return core::key_role::machine;
   return core::key_role::read;
 }
 
@@ -225,7 +230,8 @@ core::event read_event(const statement& st) {
 }
 
 constexpr const char* key_cols =
-    "id, prefix, hash, name, role, created_at, last_used_at, revoked_at";
+    "id, prefix, hash, name, role, created_at, last_used_at, revoked_at, machine_id, projects, "
+    "expires_at";
 
 core::api_key read_key(const statement& st) {
   core::api_key k;
@@ -237,6 +243,9 @@ core::api_key read_key(const statement& st) {
   k.created_at = {st.col_int(5)};
   if (auto v = st.col_opt_int(6)) k.last_used_at = core::timestamp{*v};
   if (auto v = st.col_opt_int(7)) k.revoked_at = core::timestamp{*v};
+  k.machine_id = st.col_opt_text(8).value_or("");
+  if (auto v = st.col_opt_text(9)) k.projects = core::decode_projects(*v);
+  if (auto v = st.col_opt_int(10)) k.expires_at = core::timestamp{*v};
   return k;
 }
 
@@ -287,10 +296,23 @@ void add_status_set(where_builder& w, status_set set) {
   w.add(cond);
 }
 
+// A key's project scope: project_id IN (?, ...).
+void add_project_in(where_builder& w, const std::vector<std::string>& projects) {
+  if (projects.empty()) return;
+  std::string cond = "project_id IN (";
+  for (std::size_t i = 0; i < projects.size(); ++i) {
+    cond += i == 0 ? "?" : ",?";
+    w.params.emplace_back(projects[i]);
+  }
+  cond += ')';
+  w.add(cond);
+}
+
 where_builder session_where(const session_filter& f) {
   where_builder w;
   add_status_set(w, f.statuses);
   if (f.project_id) w.add("project_id = ?", *f.project_id);
+  add_project_in(w, f.project_in);
   if (f.machine_id) w.add("machine_id = ?", *f.machine_id);
   if (f.last_heartbeat_before) w.add("last_heartbeat < ?", f.last_heartbeat_before->ms);
   if (f.last_heartbeat_at_least) w.add("last_heartbeat >= ?", f.last_heartbeat_at_least->ms);
@@ -333,6 +355,7 @@ where_builder task_where(const task_filter& f) {
   if (f.session_id) w.add("session_id = ?", *f.session_id);
   if (f.status) w.add("status = ?", std::string(core::to_string(*f.status)));
   if (f.project_id) w.add("project_id = ?", *f.project_id);
+  add_project_in(w, f.project_in);
   if (!f.statuses_any.empty()) {
     std::string cond = "status IN (";
     for (std::size_t i = 0; i < f.statuses_any.size(); ++i) {
@@ -514,7 +537,11 @@ class ops final : public write_txn {
     auto st = c_.prepare(
         "INSERT INTO event_tickets (hash, key_id, key_db_id, role, expires_at) "
         "VALUES (?, ?, ?, ?, ?)");
-    st.bind(1, t.hash).bind(2, t.key_id).bind(3, t.key_db_id).bind(4, role_name(t.role)).bind(5, t.expires_at.ms);
+    st.bind(1, t.hash)
+        .bind(2, t.key_id)
+        .bind(3, t.key_db_id)
+        .bind(4, role_name(t.role))
+        .bind(5, t.expires_at.ms);
     st.exec();
   }
 
@@ -676,15 +703,19 @@ class ops final : public write_txn {
 
   void insert_api_key(core::api_key& k) override {
     auto st = c_.prepare(
-        "INSERT INTO api_keys (prefix, hash, name, role, created_at, last_used_at, revoked_at) "
-        "VALUES (?,?,?,?,?,?,?)");
+        "INSERT INTO api_keys (prefix, hash, name, role, created_at, last_used_at, revoked_at, "
+        "machine_id, projects, expires_at) VALUES (?,?,?,?,?,?,?,?,?,?)");
     st.bind(1, k.prefix)
         .bind(2, k.hash)
         .bind(3, k.name)
         .bind(4, role_name(k.role))
         .bind(5, k.created_at.ms)
         .bind(6, opt_ms(k.last_used_at))
-        .bind(7, opt_ms(k.revoked_at));
+        .bind(7, opt_ms(k.revoked_at))
+        .bind(8, k.machine_id.empty() ? std::nullopt : std::optional<std::string>(k.machine_id))
+        .bind(9, k.projects.empty() ? std::nullopt
+                                    : std::optional<std::string>(core::encode_projects(k.projects)))
+        .bind(10, opt_ms(k.expires_at));
     st.exec();
     k.id = c_.last_insert_rowid();
   }
@@ -692,6 +723,14 @@ class ops final : public write_txn {
   bool revoke_api_key(std::int64_t id, core::timestamp at) override {
     auto st = c_.prepare("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL");
     st.bind(1, at.ms).bind(2, id);
+    return st.exec() > 0;
+  }
+
+  bool expire_api_key(std::int64_t id, core::timestamp at) override {
+    auto st = c_.prepare(
+        "UPDATE api_keys SET expires_at = ? WHERE id = ? AND revoked_at IS NULL AND "
+        "(expires_at IS NULL OR expires_at > ?)");
+    st.bind(1, at.ms).bind(2, id).bind(3, at.ms);
     return st.exec() > 0;
   }
 
@@ -1040,7 +1079,7 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
   } catch (...) {
     auto ep = std::current_exception();
     for (job* j : batch)
-      j->error = ep;
+      j->error = own_copy(ep);  // one exception object per coroutine (job_error.hpp)
     failed_commits_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
@@ -1062,7 +1101,7 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
       auto ep = std::make_exception_ptr(storage_error(
           storage_error::kind::unavailable, "transaction aborted by the database engine"));
       for (std::size_t k = 0; k < batch.size(); ++k) {
-        if (!batch[k]->error) batch[k]->error = ep;
+        if (!batch[k]->error) batch[k]->error = own_copy(ep);
       }
       failed_commits_.fetch_add(1, std::memory_order_relaxed);
       return;
@@ -1094,7 +1133,7 @@ void sqlite_store::execute_batch(std::vector<job*>& batch) {
       }
     }
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (kept[i]) batch[i]->error = ep;
+      if (kept[i]) batch[i]->error = own_copy(ep);
     }
     failed_commits_.fetch_add(1, std::memory_order_relaxed);
     return;
