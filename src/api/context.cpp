@@ -44,7 +44,8 @@ void render_error(http::response& res, const core::error& e, std::string_view re
     w.field("message", e.message);
     if (!e.details.is_null()) w.field_raw("details", boost::json::serialize(e.details));
   }
-  for (const auto& kv : e.extra) w.field_raw(kv.key(), boost::json::serialize(kv.value()));
+  for (const auto& kv : e.extra)
+    w.field_raw(kv.key(), boost::json::serialize(kv.value()));
   w.field("request_id", request_id);
   w.field_iso("timestamp", now.ms);
   w.field("path", path);

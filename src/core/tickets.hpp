@@ -4,10 +4,11 @@
 // instance can redeem them).
 #pragma once
 
-#include <boost/asio/awaitable.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
+
+#include <boost/asio/awaitable.hpp>
 
 #include "core/api_keys.hpp"
 #include "core/types.hpp"

@@ -1,6 +1,11 @@
 // Fuzzes whole requests through the real pipeline, handlers, services and a real SQLite store:
 // no input may crash, hang or produce a 5xx, and every response body must be valid JSON.
-// Input layout: byte 0 = method, then the target up to '\n', byte = content type, rest = body.
+// Two input layouts, chosen by byte 0:
+//  * byte 0 < 0xC0: byte 0 = method, then the target up to '\n', byte = content type, rest =
+//    body (reaches the handlers quickly);
+//  * byte 0 >= 0xC0: the rest is raw bytes on the connection, parsed by Beast under the
+//    server's default header and body limits and converted as the server does; every
+//    response the pipeline makes must serialise to a message an HTTP parser accepts.
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -12,6 +17,10 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
 #include <boost/json/parse.hpp>
 
 #include "api/routes.hpp"
@@ -23,6 +32,7 @@
 #include "core/task_service.hpp"
 #include "http/pipeline.hpp"
 #include "http/router.hpp"
+#include "http/wire.hpp"
 #include "obs/logger.hpp"
 #include "obs/metrics.hpp"
 #include "obs/request_stats.hpp"
@@ -83,9 +93,62 @@ world& the_world() {
 
 }  // namespace
 
+namespace {
+
+// Runs one request through the pipeline and checks the response.
+void run(world& w, statetrack::http::request& req, statetrack::http::response& res) {
+  boost::asio::io_context ioc;
+  auto done = boost::asio::co_spawn(ioc, w.pipe->handle(req, res), boost::asio::use_future);
+  ioc.run();
+  done.get();
+  if (res.status >= 500) __builtin_trap();
+  if (res.stream == nullptr && !res.body.empty() &&
+      res.content_type.starts_with("application/json")) {
+    boost::system::error_code ec;
+    boost::json::parse(res.body, ec);
+    if (ec) __builtin_trap();
+  }
+}
+
+// Raw bytes: as many requests as the bytes hold, as on one keep-alive connection.
+void raw(world& w, std::string_view bytes) {
+  namespace bhttp = boost::beast::http;
+  std::string_view left = bytes;
+  for (int i = 0; i < 8 && !left.empty(); ++i) {
+    bhttp::request_parser<bhttp::string_body> parser;
+    parser.header_limit(16 * 1024);  // the server's defaults
+    parser.body_limit(100 * 1024);
+    parser.eager(true);
+    boost::system::error_code ec;
+    const std::size_t used = parser.put(boost::asio::buffer(left.data(), left.size()), ec);
+    if (ec || !parser.is_done()) return;  // the server answers 400/413/431 or waits for more
+    left.remove_prefix(used);
+    statetrack::http::request req;
+    auto msg = parser.release();
+    statetrack::http::fill_request(req, msg, "127.0.0.1");
+    if (req.api_key.empty() && req.authorization.empty()) req.api_key = "fuzz-key";
+    statetrack::http::response res;
+    run(w, req, res);
+    if (res.stream != nullptr) return;
+    const std::string out = statetrack::http::serialize(
+        res, req.verb == statetrack::http::method::head, req.keep_alive, msg.version());
+    bhttp::response_parser<bhttp::string_body> check;
+    check.eager(true);
+    if (req.verb == statetrack::http::method::head) check.skip(true);
+    check.put(boost::asio::buffer(out), ec);
+    if (ec || !check.is_done() || check.get().result_int() != res.status) __builtin_trap();
+  }
+}
+
+}  // namespace
+
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   if (size < 3) return 0;
   world& w = the_world();
+  if (data[0] >= 0xC0) {
+    raw(w, std::string_view(reinterpret_cast<const char*>(data + 1), size - 1));
+    return 0;
+  }
   static constexpr statetrack::http::method methods[] = {
       statetrack::http::method::get,  statetrack::http::method::post,
       statetrack::http::method::put,  statetrack::http::method::del,
@@ -107,16 +170,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   req.api_key = "fuzz-key";
   req.client_ip = "127.0.0.1";
   statetrack::http::response res;
-  boost::asio::io_context ioc;
-  auto done = boost::asio::co_spawn(ioc, w.pipe->handle(req, res), boost::asio::use_future);
-  ioc.run();
-  done.get();
-  if (res.status >= 500) __builtin_trap();
-  if (res.stream == nullptr && !res.body.empty() &&
-      res.content_type.starts_with("application/json")) {
-    boost::system::error_code ec;
-    boost::json::parse(res.body, ec);
-    if (ec) __builtin_trap();
-  }
+  run(w, req, res);
   return 0;
 }
