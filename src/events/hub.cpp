@@ -57,7 +57,7 @@ bool filter::matches(const core::event& e) const {
 
 hub::hub(storage::store& store, asio::any_io_executor executor, hub_options opts,
          obs::registry* metrics)
-    : store_(store), executor_(std::move(executor)), opts_(opts) {
+    : store_(store), executor_(std::move(executor)), opts_(opts), metrics_(metrics) {
   store_.read_now([&](storage::read_view& v) { head_ = v.last_event_seq(); });
   if (metrics != nullptr) {
     subscribers_ =
@@ -105,6 +105,7 @@ void hub::pull() {
       std::lock_guard lk(mu_);
       for (auto& e : fresh) {
         head_ = std::max(head_, e.seq);
+        count_type(e.type);
         ring_.push_back(render(std::move(e)));
         if (ring_.size() > opts_.ring_capacity) ring_.pop_front();
       }
@@ -114,6 +115,21 @@ void hub::pull() {
     for (auto& w : to_wake)
       asio::post(w.ex, w.wake);
   }
+}
+
+void hub::count_type(const std::string& type) {
+  if (metrics_ == nullptr) return;
+  auto it = by_type_.find(type);
+  if (it == by_type_.end()) {
+    it = by_type_
+             .emplace(type, &metrics_->add_counter(
+                                "statetrack_events_total",
+                                "State changes by event type (sessions created, stalled, "
+                                "recovered, ...), as read from the event log by this instance",
+                                {{"type", type}}))
+             .first;
+  }
+  it->second->inc();
 }
 
 void hub::shutdown() {

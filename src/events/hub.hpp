@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -112,6 +113,11 @@ class hub {
   obs::gauge* subscribers_ = nullptr;
   obs::counter* delivered_ = nullptr;
   obs::counter* cut_ = nullptr;
+  // State changes by event type (statetrack_events_total{type}), counted once per event as
+  // the hub reads it from the log; registered on first sight of a type. Used by pull() only.
+  obs::registry* metrics_ = nullptr;
+  std::unordered_map<std::string, obs::counter*> by_type_;
+  void count_type(const std::string& type);
 };
 
 }  // namespace statetrack::events

@@ -4,11 +4,12 @@ statetrack_ready gauge follows the database. (promtool checks syntax and alert b
 scripts/test.sh.)"""
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
 
-from st_helpers import create_session, expect
+from st_helpers import ON_POSTGRES, create_session, expect
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -140,3 +141,44 @@ def test_ready_gauge_follows_the_database(start_server):
 
     assert ready() == 1.0
     assert expect(c.get("/health/ready"), 200)["ready"] is True
+
+
+def _samples(client, name):
+    """{labels text: value} of every sample of `name` on /metrics."""
+    out = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, value = line.rsplit(" ", 1)
+            out[key[len(name):]] = float(value)
+    return out
+
+
+def test_state_changes_are_counted_by_event_type(start_server):
+    srv = start_server()
+    c = srv.client()
+    before = _samples(c, "statetrack_events_total")
+    sid = create_session(c)["session_id"]
+    expect(c.put(f"/api/sessions/{sid}", json={"metadata": {"k": 1}}), 200)
+    expect(c.post(f"/api/sessions/{sid}/mark-failed", json={"reason": "test"}), 200)
+    created, updated, failed = ('{type="session.created"}', '{type="session.updated"}',
+                                '{type="session.failed"}')
+
+    def counted():
+        now = _samples(c, "statetrack_events_total")
+        return {k: now.get(k, 0) - before.get(k, 0) for k in (created, updated, failed)}
+
+    deadline = time.monotonic() + 5  # the count is taken as the event log is read, just after commit
+    while counted() != {created: 1, updated: 1, failed: 1} and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert counted() == {created: 1, updated: 1, failed: 1}
+
+
+@pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL only (ST_BACKEND=postgres)")
+def test_reader_pool_use_is_exported(start_server):
+    srv = start_server(["--db-pool-size", "3"])
+    c = srv.client()
+    create_session(c)
+    pool = _samples(c, "statetrack_store_pool_connections")
+    assert set(pool) == {'{state="busy"}', '{state="idle"}', '{state="waiting"}'}, pool
+    assert pool['{state="busy"}'] + pool['{state="idle"}'] == 3
+    assert pool['{state="waiting"}'] >= 0

@@ -1080,6 +1080,22 @@ pg_store::pg_store(store_options opts, obs::registry* metrics)
     connects_ = &metrics->add_counter("statetrack_store_connects_total",
                                       "Database connections opened (reconnects included)",
                                       {{"backend", "postgres"}});
+    metrics->add_callback(
+        "statetrack_store_pool_connections",
+        "PostgreSQL reader pool: connections by state (busy running a read, idle), and reads "
+        "waiting for one",
+        "gauge", [this] {
+          const auto busy = static_cast<double>(readers_busy_.load(std::memory_order_relaxed));
+          double waiting = 0;
+          {
+            std::lock_guard lk(read_mu_);
+            waiting = static_cast<double>(read_queue_.size());
+          }
+          return std::vector<std::pair<obs::labels, double>>{
+              {{{"state", "busy"}}, busy},
+              {{{"state", "idle"}}, static_cast<double>(opts_.pool_size) - busy},
+              {{{"state", "waiting"}}, waiting}};
+        });
     retries_ = &metrics->add_counter(
         "statetrack_store_batch_retries_total",
         "Write batches retried after a deadlock, serialization failure or lost connection",
@@ -1562,7 +1578,9 @@ void pg_store::reader_loop() {
       j = read_queue_.front();
       read_queue_.pop_front();
     }
+    readers_busy_.fetch_add(1, std::memory_order_relaxed);
     run_read_job(conn, j);
+    readers_busy_.fetch_sub(1, std::memory_order_relaxed);
     complete(j);
   }
 }

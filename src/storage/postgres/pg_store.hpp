@@ -117,6 +117,7 @@ class pg_store final : public store {
 
   // Readers.
   std::mutex read_mu_;
+  std::atomic<int> readers_busy_{0};  // readers running a job (the pool-use gauge)
   std::condition_variable read_cv_;
   std::deque<read_job*> read_queue_;
   bool readers_stopping_ = false;
