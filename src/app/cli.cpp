@@ -150,7 +150,7 @@ int keys_command(const std::vector<std::string>& args) {
           std::cerr << "statetrack keys: " << p << "\n";
         return 2;
       }
-      auto [plain, rec] = core::create_api_key(store, std::move(spec), now);
+      auto [plain, rec] = core::create_api_key(store, spec, now);
       std::cout << plain << "\n";
       std::cerr << "created key id " << rec.id << " (prefix " << rec.prefix << ", role "
                 << core::role_name(rec.role)

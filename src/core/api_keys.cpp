@@ -252,7 +252,7 @@ api_key new_key_record(const key_spec& spec, timestamp now, std::string& plain) 
   return k;
 }
 
-std::pair<std::string, api_key> create_api_key(storage::store& store, key_spec spec,
+std::pair<std::string, api_key> create_api_key(storage::store& store, const key_spec& spec,
                                                timestamp now) {
   std::string plain;
   api_key k = new_key_record(spec, now, plain);
@@ -268,7 +268,7 @@ std::pair<std::string, api_key> create_api_key(storage::store& store, std::strin
   key_spec spec;
   spec.name = std::move(name);
   spec.role = role;
-  return create_api_key(store, std::move(spec), now);
+  return create_api_key(store, spec, now);
 }
 
 result<rotation> rotate_api_key(storage::write_txn& tx, std::int64_t id, std::int64_t grace_s,

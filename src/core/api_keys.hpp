@@ -98,7 +98,8 @@ bool key_expired(const api_key& k, timestamp now);
 std::string_view key_state(const api_key& k, timestamp now);
 
 // Creates and stores a key; returns the plaintext key (shown once) and the stored record.
-std::pair<std::string, api_key> create_api_key(storage::store& store, key_spec spec, timestamp now);
+std::pair<std::string, api_key> create_api_key(storage::store& store, const key_spec& spec,
+                                               timestamp now);
 std::pair<std::string, api_key> create_api_key(storage::store& store, std::string name,
                                                key_role role, timestamp now);
 

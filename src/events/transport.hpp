@@ -39,7 +39,7 @@ namespace asio = boost::asio;
 // Wakes a waiting stream when the hub has news; unregisters itself at scope exit.
 class wake_registration {
  public:
-  wake_registration(hub& h, asio::any_io_executor ex, std::shared_ptr<asio::steady_timer> t)
+  wake_registration(hub& h, asio::any_io_executor ex, const std::shared_ptr<asio::steady_timer>& t)
       : hub_(h) {
     std::weak_ptr<asio::steady_timer> weak = t;
     token_ = h.add_waiter(std::move(ex), [weak] {
