@@ -143,6 +143,8 @@ awaitable<void> post_machine_assign_session(context& ctx) {
   auto body = read_body(ctx, schemas::assign_session);
   if (!body) co_return ctx.fail(body.error());
   const std::string session_id = get_string(*body, "session_id").value_or("");
+  // Assigning takes one of the machine's slots and refreshes its heartbeat: a machine write.
+  if (!allow_machine_write(ctx, ctx.param(0))) co_return;
   if (!(co_await allow_session_id(ctx, session_id))) co_return;
   auto r = co_await ctx.svc.machines.assign_session(std::string(ctx.param(0)), session_id,
                                                     get_number(*body, "docker_slot"));

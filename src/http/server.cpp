@@ -188,13 +188,15 @@ asio::awaitable<void> server::accept_loop() {
 }
 
 void server::start_connection(tcp::socket socket) {
-  if (connections() >= opts_.max_connections) {
+  // Connections accepted but not yet running count too: a burst accepts many before any runs.
+  if (connections() + starting_.load(std::memory_order_relaxed) >= opts_.max_connections) {
     rejected_->inc();
     boost::system::error_code ignored;
     socket.close(ignored);
     return;
   }
   accepted_->inc();
+  starting_.fetch_add(1, std::memory_order_relaxed);
   // The executor is taken before the socket is moved into the coroutine.
   auto home_executor = socket.get_executor();
   asio::co_spawn(home_executor, serve(std::move(socket)), [this](const std::exception_ptr& ep) {
@@ -276,6 +278,7 @@ asio::awaitable<void> server::session(Stream& stream, std::string ip) {
   {
     std::lock_guard lk(mu_);
     conns_.insert(state);
+    starting_.fetch_sub(1, std::memory_order_relaxed);  // counted in conns_ from here
   }
   open_connections_->add(1);
   struct unregister {

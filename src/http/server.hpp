@@ -98,6 +98,7 @@ class server {
   std::atomic<bool> draining_{false};
   mutable std::mutex mu_;
   std::unordered_set<std::shared_ptr<connection_state>> conns_;
+  std::atomic<std::size_t> starting_{0};  // accepted, not yet in conns_ (max_connections)
   obs::gauge* open_connections_ = nullptr;
   obs::counter* accepted_ = nullptr;
   obs::counter* rejected_ = nullptr;

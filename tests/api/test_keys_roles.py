@@ -268,6 +268,13 @@ def test_project_scope_filters_lists_and_refuses_objects_outside(server):
     expect(w.get("/machines"), 200)
     assert_error(w.post("/machines", json={"machine_id": uid("m"), "hostname": "h",
                                            "docker_slots": [1]}), 403)
+    # not through assign-session either, even for a session in its own projects
+    m = uid("m")
+    expect(admin.post("/machines", json={"machine_id": m, "hostname": "h", "docker_slots": [1]}),
+           201)
+    assert_error(w.post(f"/machines/{m}/assign-session", json={"session_id": sa["session_id"]}),
+                 403)
+    assert expect(admin.get(f"/machines/{m}"), 200)["active_sessions"] == []
 
 
 def test_project_scope_limits_events_live_and_replayed(server):

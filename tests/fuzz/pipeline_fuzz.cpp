@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -86,9 +87,18 @@ struct world {
   }
 };
 
+world* the_one = nullptr;
+
 world& the_world() {
-  static world* w = new world();  // lives for the whole fuzzing process
-  return *w;
+  if (the_one == nullptr) {
+    the_one = new world();  // lives for the whole fuzzing process
+    // The database directory goes when the fuzzer exits (libFuzzer ends with exit()).
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(the_one->dir, ec);
+    });
+  }
+  return *the_one;
 }
 
 }  // namespace
