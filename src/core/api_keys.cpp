@@ -106,23 +106,29 @@ void key_verifier::invalidate() {
   {
     std::lock_guard lk(mu_);
     cache_.clear();
+    ++generation_;  // under the lock: a lookup in flight now will not cache what it read
   }
-  ++generation_;
   if (on_change_) on_change_();
 }
 
 boost::asio::awaitable<std::optional<api_key>> key_verifier::lookup(const std::string& prefix,
                                                                     std::int64_t now) {
+  std::uint64_t seen = 0;
   {
     std::lock_guard lk(mu_);
     auto it = cache_.find(prefix);
     if (it != cache_.end() && now - it->second.fetched_ms < cache_ttl_ms) co_return it->second.key;
+    seen = generation_;
   }
   auto fn = [&prefix](storage::read_view& v) { return v.find_api_key(prefix); };
   std::optional<api_key> key = co_await storage::read(store_, std::move(fn));
   std::lock_guard lk(mu_);
-  if (cache_.size() >= cache_max) cache_.clear();
-  cache_[prefix] = cached{key, now};
+  // A revocation or rotation committed while this read ran may not be in what it read: such a
+  // record answers this one request (it started before the change) but is not cached.
+  if (generation_ == seen) {
+    if (cache_.size() >= cache_max) cache_.clear();
+    cache_[prefix] = cached{key, now};
+  }
   co_return key;
 }
 
