@@ -188,18 +188,7 @@ awaitable<void> delete_key(context& ctx) {
 
 void register_key_routes(http::router& r) {
   using http::method;
-  auto add = [&r](method m, const char* pattern, const char* name, http::handler_fn fn,
-                  unsigned status, http::route_doc doc) {
-    http::route rt;
-    rt.verb = m;
-    rt.pattern = pattern;
-    rt.name = name;
-    rt.handler = fn;
-    rt.success_status = status;
-    doc.tag = "keys";
-    rt.doc = doc;
-    r.add(std::move(rt));
-  };
+  const route_adder add{r, "keys"};
   add(method::post, "/keys", "post_key", post_key, 201,
       {"Create an API key (role, machine binding, project scope, expiry); the key is returned "
        "once",

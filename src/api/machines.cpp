@@ -186,18 +186,7 @@ awaitable<void> post_machine_heartbeat(context& ctx) {
 
 void register_machine_routes(http::router& r) {
   using http::method;
-  auto add = [&r](method m, const char* pattern, const char* name, http::handler_fn fn,
-                  unsigned status, http::route_doc doc) {
-    http::route rt;
-    rt.verb = m;
-    rt.pattern = pattern;
-    rt.name = name;
-    rt.handler = fn;
-    rt.success_status = status;
-    doc.tag = "machines";
-    rt.doc = doc;
-    r.add(std::move(rt));
-  };
+  const route_adder add{r, "machines"};
   add(method::get, "/machines/available", "get_machines_available", get_machines_available, 200,
       {"Online machines with their free docker slots", "", "", "", "MachineAvailability", true});
   add(method::get, "/machines", "list_machines", list_machines, 200,

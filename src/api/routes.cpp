@@ -5,6 +5,21 @@
 
 namespace statetrack::api {
 
+void route_adder::operator()(http::method m, const char* pattern, const char* name,
+                             http::handler_fn fn, unsigned status, http::route_doc doc,
+                             http::limit_class limit) const {
+  http::route rt;
+  rt.verb = m;
+  rt.pattern = pattern;
+  rt.name = name;
+  rt.handler = fn;
+  rt.success_status = status;
+  rt.limit = limit;
+  if (!tag.empty()) doc.tag = tag;
+  rt.doc = doc;
+  r.add(std::move(rt));
+}
+
 void register_all(http::router& r) {
   register_health_routes(r);
   register_session_routes(r);

@@ -1,11 +1,20 @@
 // Registration of every route of the service, one function per resource file.
 #pragma once
 
-namespace statetrack::http {
-class router;
-}
+#include <string_view>
+
+#include "http/router.hpp"
 
 namespace statetrack::api {
+
+// Adds routes of one resource: `tag` groups them in the OpenAPI document (empty: each doc's own).
+struct route_adder {
+  http::router& r;
+  std::string_view tag;
+  void operator()(http::method m, const char* pattern, const char* name, http::handler_fn fn,
+                  unsigned status, http::route_doc doc,
+                  http::limit_class limit = http::limit_class::standard) const;
+};
 
 void register_health_routes(http::router& r);
 void register_session_routes(http::router& r);

@@ -610,19 +610,7 @@ awaitable<void> get_session_recovery_history(context& ctx) {
 void register_session_routes(http::router& r) {
   using http::limit_class;
   using http::method;
-  auto add = [&r](method m, const char* pattern, const char* name, http::handler_fn fn,
-                  unsigned status, http::route_doc doc, limit_class limit = limit_class::standard) {
-    http::route rt;
-    rt.verb = m;
-    rt.pattern = pattern;
-    rt.name = name;
-    rt.handler = fn;
-    rt.success_status = status;
-    rt.limit = limit;
-    doc.tag = "sessions";
-    rt.doc = doc;
-    r.add(std::move(rt));
-  };
+  const route_adder add{r, "sessions"};
   add(method::post, "/sessions", "post_session", post_session, 201,
       {"Create a session", "", "CreateSessionRequest", "", "Session"});
   add(method::get, "/sessions", "list_sessions", list_sessions, 200,

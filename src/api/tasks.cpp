@@ -184,17 +184,7 @@ awaitable<void> get_session_tasks(context& ctx) {
 
 void register_task_routes(http::router& r) {
   using http::method;
-  auto add = [&r](method m, const char* pattern, const char* name, http::handler_fn fn,
-                  unsigned status, http::route_doc doc) {
-    http::route rt;
-    rt.verb = m;
-    rt.pattern = pattern;
-    rt.name = name;
-    rt.handler = fn;
-    rt.success_status = status;
-    rt.doc = doc;
-    r.add(std::move(rt));
-  };
+  const route_adder add{r, ""};
   add(method::post, "/tasks", "post_task", post_task, 201,
       {"Create a task in an existing session", "tasks", "CreateTaskRequest", "", "Task"});
   add(method::get, "/tasks", "list_tasks", list_tasks, 200,

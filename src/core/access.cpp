@@ -7,6 +7,8 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "core/api_keys.hpp"
+
 namespace statetrack::core {
 
 namespace {
@@ -37,20 +39,6 @@ int rank(access_level a) {
       return 3;
   }
   return 3;
-}
-
-std::string_view role_text(key_role r) {
-  switch (r) {
-    case key_role::admin:
-      return "admin";
-    case key_role::write:
-      return "write";
-    case key_role::read:
-      return "read";
-    case key_role::machine:
-      return "machine";
-  }
-  return "read";
 }
 
 }  // namespace
@@ -91,7 +79,7 @@ std::optional<std::string> route_denial(const principal& who, access_level need,
   if (rank(who.role) >= rank(need)) return std::nullopt;
   if (need == access_level::admin) return std::string("This route needs an admin key");
   return "This route needs the " + std::string(access_name(need)) +
-         " right (this key's role: " + std::string(role_text(who.role)) + ")";
+         " right (this key's role: " + std::string(role_name(who.role)) + ")";
 }
 
 bool project_allowed(const principal& who, std::string_view project_id) {
