@@ -13,11 +13,9 @@ prof=$root/build/coverage/profiles
 rm -rf "$prof"
 mkdir -p "$prof"
 export LLVM_PROFILE_FILE=$prof/%p-%m.profraw
-pg_dir=$(mktemp -d /tmp/statetrack-cov-pg.XXXXXX)
-pg_port=$(/usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-trap './scripts/pg-cluster.sh stop "$pg_dir" >/dev/null 2>&1 || true' EXIT
-ST_PG_CONNINFO=$(./scripts/pg-cluster.sh start "$pg_dir" "$pg_port")
-export ST_PG_CONNINFO
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+start_test_cluster
 ctest --test-dir build/coverage -L 'unit|storage' -j "$(nproc)" --output-on-failure
 STATETRACK_BIN=$root/build/coverage/statetrack /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/api
 ST_BACKEND=postgres STATETRACK_BIN=$root/build/coverage/statetrack /usr/bin/python3 -m pytest -q \

@@ -14,9 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
-PY=/usr/bin/python3   # Debian's interpreter, which has python3-pytest/requests/websockets
-
-phase() { printf '\n=== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 phase "dependencies"
 ./scripts/install-deps.sh
@@ -48,22 +47,10 @@ phase "unit tests"
 ctest --test-dir build/debug -L unit --output-on-failure -j "$jobs"
 
 phase "throwaway PostgreSQL cluster"
-pg_dir=$(mktemp -d /tmp/statetrack-pg.XXXXXX)
-pg_port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-trap './scripts/pg-cluster.sh stop "$pg_dir" >/dev/null 2>&1 || true' EXIT
-ST_PG_CONNINFO=$(./scripts/pg-cluster.sh start "$pg_dir" "$pg_port")
-export ST_PG_CONNINFO
-echo "PostgreSQL 15 at $ST_PG_CONNINFO (data in $pg_dir)"
+start_test_cluster
 
 phase "storage conformance tests (SQLite and PostgreSQL)"
-storage_log=$(mktemp)
-ctest --test-dir build/debug -L storage --output-on-failure -j "$jobs" | tee "$storage_log"
-# The PostgreSQL cases skip themselves when there is no cluster; here they must have run.
-if grep -q "Skipped" "$storage_log" || ! grep -q "/postgres " "$storage_log"; then
-  echo "the PostgreSQL storage cases did not run" >&2
-  exit 1
-fi
-rm -f "$storage_log"
+run_storage_tests build/debug
 
 phase "API tests (debug build)"
 STATETRACK_BIN="$root/build/debug/statetrack" "$PY" -m pytest -q -p no:cacheprovider tests/api
