@@ -297,7 +297,7 @@ task_of<heartbeat_outcome> session_service::heartbeat(std::string id, heartbeat_
     out.s = std::move(s);
     return out;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await storage::write(store_, std::move(fn), id);
 }
 
 boost::asio::awaitable<std::vector<session>> session_service::stale(

@@ -168,6 +168,14 @@ class store {
 
   virtual boost::asio::awaitable<void> run_read(read_fn fn) = 0;
   virtual boost::asio::awaitable<void> run_write(write_fn fn) = 0;
+  // A write that reads the session `session_id` first (a heartbeat). A backend may fetch the
+  // sessions of a whole batch in one round trip; the contract is run_write's. (By value:
+  // backends that use the id keep it.)
+  virtual boost::asio::awaitable<void> run_session_write(
+      std::string /*session_id*/,  // NOLINT(performance-unnecessary-value-param)
+      write_fn fn) {
+    return run_write(std::move(fn));
+  }
   // Synchronous versions for start-up, the CLI and tests (never on an I/O thread).
   virtual void read_now(const read_fn& fn) = 0;
   virtual void write_now(const write_fn& fn) = 0;
@@ -196,15 +204,21 @@ auto read(store& s, F f) -> boost::asio::awaitable<std::invoke_result_t<F&, read
 }
 
 // F returns a result-like value (has_value()); its changes are kept iff it holds a value.
+// `session_hint`: the session F reads first, if any (see store::run_session_write).
 template <class F>
-auto write(store& s, F f) -> boost::asio::awaitable<std::invoke_result_t<F&, write_txn&>> {
+auto write(store& s, F f, std::string session_hint = {})
+    -> boost::asio::awaitable<std::invoke_result_t<F&, write_txn&>> {
   using R = std::invoke_result_t<F&, write_txn&>;
   std::optional<R> out;
   write_fn fn = [&out, &f](write_txn& t) {
     out.emplace(f(t));
     return out->has_value();
   };
-  co_await s.run_write(std::move(fn));
+  if (session_hint.empty()) {
+    co_await s.run_write(std::move(fn));
+  } else {
+    co_await s.run_session_write(std::move(session_hint), std::move(fn));
+  }
   co_return std::move(*out);
 }
 

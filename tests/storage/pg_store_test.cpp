@@ -349,6 +349,57 @@ TEST_F(PgStore, ConflictingReadModifyWritesThroughTwoInstancesLoseNothing) {
   EXPECT_EQ(got->metadata, R"({"n":240})");
 }
 
+// Heartbeat batches (run_session_write) fetch and lock all their sessions in one statement.
+// Two instances whose batches name the same sessions, queued in opposite orders, must neither
+// deadlock each other nor lose an update: every read-modify-write lands once.
+TEST_F(PgStore, HeartbeatBatchesOfTwoInstancesOverTheSameSessionsLoseNothing) {
+  auto a = open();
+  auto b = open();
+  constexpr int sessions = 12;
+  constexpr int rounds = 15;
+  a->write_now([&](write_txn& tx) {
+    for (int i = 0; i < sessions; ++i)
+      tx.insert_session(make_session("s" + std::to_string(i), session_status::active, 999'999));
+    return true;
+  });
+  auto run = [&](pg_store& st, bool reverse, std::atomic<int>& failed) {
+    testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
+    boost::asio::io_context& ioc = pooled.get();
+    auto bump = [&](std::string id) -> boost::asio::awaitable<void> {
+      try {
+        co_await st.run_session_write(id, [id](write_txn& tx) {
+          auto s = tx.get_session(id);
+          if (!s) return false;
+          s->last_heartbeat = timestamp{s->last_heartbeat.ms + 1};
+          return tx.update_session_liveness(*s);
+        });
+      } catch (const std::exception&) {
+        ++failed;
+      }
+    };
+    for (int r = 0; r < rounds; ++r) {
+      for (int i = 0; i < sessions; ++i) {
+        const int n = reverse ? sessions - 1 - i : i;
+        boost::asio::co_spawn(ioc, bump("s" + std::to_string(n)), boost::asio::detached);
+      }
+      ioc.run();
+      ioc.restart();
+    }
+  };
+  std::atomic<int> failed{0};
+  std::thread ta([&] { run(*a, false, failed); });
+  std::thread tb([&] { run(*b, true, failed); });
+  ta.join();
+  tb.join();
+  EXPECT_EQ(failed.load(), 0);
+  for (int i = 0; i < sessions; ++i) {
+    std::optional<session> got;
+    b->read_now([&](read_view& v) { got = v.get_session("s" + std::to_string(i)); });
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->last_heartbeat.ms, 1000 + 2 * rounds) << got->session_id;
+  }
+}
+
 TEST_F(PgStore, DeadlockBetweenInstancesIsRetriedAndBothWritesLand) {
   auto a = open();
   auto b = open();

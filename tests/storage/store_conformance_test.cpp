@@ -695,6 +695,97 @@ TEST_P(StoreConformance, RolledBackWritesInABatchLeaveNoGaps) {
     EXPECT_EQ(events[i].seq, static_cast<std::int64_t>(i + 1));
 }
 
+// Writes that name the session they read first (heartbeats: run_session_write) and share one
+// batch: a backend may fetch the batch's sessions up front and send their liveness updates
+// together, but each write must still see the writes queued before it, and a rolled-back or
+// throwing write must leave nothing behind.
+TEST_P(StoreConformance, HintedWritesInABatchSeeEachOthersChanges) {
+  const std::string odd = "we\"ird\\,{id}";  // array-literal syntax inside an id
+  for (const char* id : {"h1", "h2", "h3", "h4"})
+    put(make_session(id, "p", session_status::active, 1000));
+  put(make_session(odd, "p", session_status::active, 1000));
+  const auto before = store_->stats().commits;
+
+  testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
+  boost::asio::io_context& ioc = pooled.get();
+  std::vector<std::string> outcomes;  // per write, in queue order: "ok", "missing", "threw"
+  // Reads the session, moves last_heartbeat on by one, then ends as `end` says.
+  enum class end { keep, roll_back, throw_after, append_event };
+  auto bump = [&](std::string id, end how) -> boost::asio::awaitable<void> {
+    const auto slot = outcomes.size();
+    outcomes.emplace_back();
+    write_fn fn = [&outcomes, slot, id, how](write_txn& tx) {
+      auto got = tx.get_session(id);
+      if (!got) {
+        outcomes[slot] = "missing";
+        return false;
+      }
+      got->last_heartbeat = timestamp{got->last_heartbeat.ms + 1};
+      if (!tx.update_session_liveness(*got)) return false;
+      if (how == end::throw_after) throw std::runtime_error("after the update");
+      if (how == end::append_event) {
+        core::event e;
+        e.type = "bumped";
+        e.session_id = id;
+        e.data = "{}";
+        tx.append_event(e);
+      }
+      outcomes[slot] = "ok";
+      return how != end::roll_back;
+    };
+    try {
+      co_await store_->run_session_write(id, std::move(fn));
+    } catch (const std::runtime_error&) {
+      outcomes[slot] = "threw";
+    }
+  };
+  auto insert = [&](std::string id) -> boost::asio::awaitable<void> {
+    outcomes.emplace_back("ok");
+    co_await store_->run_write([id](write_txn& tx) {
+      tx.insert_session(make_session(id, "p", session_status::active, 1000));
+      return true;
+    });
+  };
+  // Queued in this order, before the writer runs.
+  auto spawn = [&](boost::asio::awaitable<void> a) {
+    boost::asio::co_spawn(ioc, std::move(a), boost::asio::detached);
+  };
+  spawn(bump("h1", end::keep));
+  spawn(bump("h1", end::keep));
+  spawn(bump("h2", end::roll_back));
+  spawn(bump("h1", end::append_event));
+  spawn(bump("h3", end::throw_after));
+  spawn(insert("new"));  // created earlier in the batch than the write that reads it
+  spawn(bump("new", end::keep));
+  spawn(bump("gone", end::keep));
+  spawn(bump(odd, end::keep));
+  spawn(bump("h4", end::keep));
+  spawn(bump("h1", end::keep));
+  spawn(bump("h4", end::roll_back));
+  ioc.run();
+
+  EXPECT_EQ(outcomes, (std::vector<std::string>{"ok", "ok", "ok", "ok", "threw", "ok", "ok",
+                                                "missing", "ok", "ok", "ok", "ok"}));
+  EXPECT_LE(store_->stats().commits - before, 2U) << "the writes should share a commit";
+  auto hb = [&](const std::string& id) -> std::int64_t {
+    std::optional<session> got;
+    store_->read_now([&](read_view& v) { got = v.get_session(id); });
+    return got ? got->last_heartbeat.ms : -1;
+  };
+  reopen();                   // what was committed, not what a cache remembers
+  EXPECT_EQ(hb("h1"), 1004);  // four bumps, each reading the one before
+  EXPECT_EQ(hb("h2"), 1000);  // rolled back
+  EXPECT_EQ(hb("h3"), 1000);  // threw
+  EXPECT_EQ(hb("h4"), 1001);  // the second bump rolled back
+  EXPECT_EQ(hb("new"), 1001);
+  EXPECT_EQ(hb("gone"), -1);
+  EXPECT_EQ(hb(odd), 1001);
+  std::vector<core::event> events;
+  store_->read_now([&](read_view& v) { events = v.events_after(0, 10); });
+  ASSERT_EQ(events.size(), 1U);
+  EXPECT_EQ(events[0].session_id, "h1");
+}
+
 TEST_P(StoreConformance, LookupsWithBytesNoRowHoldsFindNothing) {
   put(make_session("s", "p", session_status::active, 1));
   // Percent-decoded path segments and headers can carry any bytes.

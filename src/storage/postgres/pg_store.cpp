@@ -294,6 +294,16 @@ bool storable_opt(const std::optional<std::string>& s) {
   return !s || storable(*s);
 }
 
+// Appends `v` to a PostgreSQL array literal as one quoted element.
+void append_array_text(std::string& out, std::string_view v) {
+  out += '"';
+  for (char ch : v) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  out += '"';
+}
+
 void require_storable(std::string_view field, std::string_view v) {
   if (!storable(v)) {
     throw core::error_exception(
@@ -488,12 +498,99 @@ class pg_ops final : public write_txn {
   pg_ops(connection& c, mode m, deadline until) : c_(c), write_(m == mode::write), until_(until) {}
 
   bool begun() const { return begun_; }
+  bool savepoint_open() const { return savepoint_; }
 
   // Writer: UPDATEs of rows this transaction has locked are sent with the next round trip
   // instead of costing one (see defer_or_exec). Off in the writer's safe mode.
   void set_defer_updates(bool on) { defer_updates_ = on; }
-  // Per write inside a batch: what to forget when its savepoint is rolled back.
-  void begin_write() { journal_.clear(); }
+  // Per write inside a batch. With `hold` (a batch of several writes), the statements the
+  // write queues are held back until it makes its first round trip, which opens its savepoint
+  // (SAVEPOINT, the held statements, the round trip), or until it ends: kept, they are queued
+  // without a savepoint; rolled back, they are dropped unsent. So a write that needs no round
+  // trip (a heartbeat on a primed row) costs no savepoint.
+  void begin_write(bool hold) {
+    journal_.clear();
+    held_.clear();
+    hold_ = hold;
+    savepoint_ = false;
+  }
+  // Ends the write; true if it opened a savepoint, which the caller releases or rolls back to.
+  bool end_write(bool keep) {
+    if (keep && !savepoint_) {
+      for (auto& h : held_) {
+        if (h.liveness) {
+          merged_.push_back(std::move(*h.liveness));
+        } else {
+          send_merged();
+          c_.defer(h.sql, h.p);
+        }
+      }
+    }
+    held_.clear();
+    hold_ = false;
+    return savepoint_;
+  }
+  // Queues the liveness updates that kept writes left without a savepoint (heartbeats) as one
+  // multi-row UPDATE. Runs before any other statement reaches the connection, so every later
+  // statement of the transaction sees them; the writer calls it before COMMIT.
+  void send_merged() {
+    static const std::string sql =
+        "UPDATE sessions AS s SET status = u.status, last_heartbeat = u.hb, deadline_at = u.dl, "
+        "updated_at = u.up FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], "
+        "$5::bigint[]) AS u(id, status, hb, dl, up) WHERE s.session_id = u.id";
+    if (merged_.empty()) return;
+    if (merged_.size() == 1) {
+      c_.defer(liveness_sql, liveness_params(merged_.front()));
+      merged_.clear();
+      return;
+    }
+    // One row may be updated once per statement: the last update of each session wins.
+    std::unordered_set<std::string_view> seen;
+    std::string ids = "{", statuses = "{", hbs = "{", dls = "{", ups = "{";
+    for (auto it = merged_.rbegin(); it != merged_.rend(); ++it) {
+      if (!seen.insert(it->id).second) continue;
+      if (ids.size() > 1) {
+        ids += ',';
+        statuses += ',';
+        hbs += ',';
+        dls += ',';
+        ups += ',';
+      }
+      append_array_text(ids, it->id);
+      append_array_text(statuses, it->status);
+      hbs += std::to_string(it->hb);
+      dls += std::to_string(it->dl);
+      ups += std::to_string(it->up);
+    }
+    for (auto* a : {&ids, &statuses, &hbs, &dls, &ups})
+      *a += '}';
+    merged_.clear();
+    c_.defer(sql, params().add(ids).add(statuses).add(hbs).add(dls).add(ups));
+  }
+  // Fetches and locks, in one round trip, the sessions the batch's writes will read first
+  // (in id order, so that instances priming overlapping sets cannot deadlock each other).
+  // get_session answers from these rows until a write of the batch changes the session.
+  void prime_sessions(std::vector<std::string_view> ids) {
+    static const std::string sql = std::string("SELECT ") + session_cols +
+                                   " FROM sessions WHERE session_id = ANY($1::text[]) "
+                                   "ORDER BY session_id FOR UPDATE";
+    std::sort(ids.begin(), ids.end());
+    ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+    std::string array = "{";
+    for (auto id : ids) {
+      if (array.size() > 1) array += ',';
+      append_array_text(array, id);
+      primed_[std::string(id)] = std::nullopt;  // absent unless a row comes back
+    }
+    array += '}';
+    auto r = q(sql, params().add(array));
+    for (int i = 0; i < r.rows(); ++i) {
+      auto s = read_session(r, i);
+      mark(key('s', s.session_id));
+      auto id = s.session_id;
+      primed_[id] = std::move(s);
+    }
+  }
   void roll_back_write() {
     for (auto it = journal_.rbegin(); it != journal_.rend(); ++it) {
       if (it->second) {
@@ -510,6 +607,9 @@ class pg_ops final : public write_txn {
         std::string("SELECT ") + session_cols + " FROM sessions WHERE session_id = $1";
     static const std::string wr = rd + " FOR UPDATE";
     if (!storable(id)) return std::nullopt;
+    if (write_) {
+      if (auto it = primed_.find(std::string(id)); it != primed_.end()) return it->second;
+    }
     auto r = q(write_ ? wr : rd, params().add(id));
     if (r.rows() == 0) return std::nullopt;
     if (write_) mark(key('s', id));
@@ -524,7 +624,7 @@ class pg_ops final : public write_txn {
     if (write_ && f.sweep_before) {
       // Sweeps of all instances take turns: each sees what the previous one committed, so the
       // mass-stall brake counts every overdue session and opens one incident, not one each.
-      c_.defer("SELECT pg_advisory_xact_lock($1)", params().add(sweep_lock_key));
+      defer("SELECT pg_advisory_xact_lock($1)", params().add(sweep_lock_key));
     }
     std::string sql = std::string("SELECT ") + session_cols + " FROM sessions" + w.sql;
     sql += order_clause(f.order);
@@ -612,7 +712,7 @@ class pg_ops final : public write_txn {
     if (f.last_heartbeat_before) w.add("last_heartbeat < $", f.last_heartbeat_before->ms);
     const bool due = f.last_heartbeat_before.has_value();
     if (write_ && due) {
-      c_.defer("SELECT pg_advisory_xact_lock($1)", params().add(machine_sweep_lock_key));
+      defer("SELECT pg_advisory_xact_lock($1)", params().add(machine_sweep_lock_key));
     }
     auto r = q(std::string("SELECT ") + machine_cols + " FROM machines" + w.sql +
                    " ORDER BY id ASC" + std::string(lock_clause(write_, due)),
@@ -675,8 +775,8 @@ class pg_ops final : public write_txn {
       // A read-modify-write of shared service state (the open incident): instances take turns
       // per key. The lock is taken by a statement of its own, so the SELECT that follows in the
       // same round trip reads what the previous holder committed.
-      c_.defer("SELECT pg_advisory_xact_lock($1, hashtext($2))",
-               params().add(static_cast<std::int64_t>(meta_lock_class)).add(key));
+      defer("SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            params().add(static_cast<std::int64_t>(meta_lock_class)).add(key));
     }
     auto r = q("SELECT value FROM meta WHERE key = $1", params().add(key));
     if (r.rows() == 0) return std::nullopt;
@@ -697,6 +797,7 @@ class pg_ops final : public write_txn {
     require_storable(s);
     params p;
     bind_session(p, s);
+    primed_.erase(s.session_id);
     q(sql, p);
   }
 
@@ -712,26 +813,27 @@ class pg_ops final : public write_txn {
     params p;
     bind_session(p, s);
     p.add(s.session_id);
+    primed_.erase(s.session_id);
     return defer_or_exec(key('s', s.session_id), sql, p);
   }
 
   bool update_session_liveness(const session& s) override {
-    static const std::string sql =
-        "UPDATE sessions SET status=$1, last_heartbeat=$2, deadline_at=$3, updated_at=$4 "
-        "WHERE session_id = $5";
     if (!storable(s.session_id)) return false;
-    params p;
-    p.add(core::to_string(s.status))
-        .add(s.last_heartbeat.ms)
-        .add(s.deadline_at.ms)
-        .add(s.updated_at.ms)
-        .add(s.session_id);
-    return defer_or_exec(key('s', s.session_id), sql, p);
+    primed_.erase(s.session_id);
+    liveness_row row{s.session_id, std::string(core::to_string(s.status)), s.last_heartbeat.ms,
+                     s.deadline_at.ms, s.updated_at.ms};
+    if (hold_ && !savepoint_ && defer_updates_ && locked_.count(key('s', s.session_id)) != 0) {
+      // Sent with the batch's other heartbeats as one statement (send_merged).
+      held_.push_back({liveness_sql, liveness_params(row), std::move(row)});
+      return true;
+    }
+    return defer_or_exec(key('s', s.session_id), liveness_sql, liveness_params(row));
   }
 
   bool delete_session(std::string_view id) override {
     if (!storable(id)) return false;
     unmark(key('s', id));
+    primed_.erase(std::string(id));
     return q("DELETE FROM sessions WHERE session_id = $1", params().add(id)).affected() > 0;
   }
 
@@ -858,7 +960,7 @@ class pg_ops final : public write_txn {
   std::optional<core::stream_ticket> consume_ticket(std::string_view hash,
                                                     core::timestamp now) override {
     if (!storable(hash)) return std::nullopt;
-    c_.defer("DELETE FROM event_tickets WHERE expires_at <= $1", params().add(now.ms));
+    defer("DELETE FROM event_tickets WHERE expires_at <= $1", params().add(now.ms));
     auto r =
         q("DELETE FROM event_tickets WHERE hash = $1 RETURNING key_id, key_db_id, role, "
           "expires_at",
@@ -951,10 +1053,19 @@ class pg_ops final : public write_txn {
   // trip marked deferred, and the writer re-runs the batch without deferring (safe mode).
   bool defer_or_exec(const std::string& k, const std::string& sql, const params& p) {
     if (defer_updates_ && locked_.count(k) != 0) {
-      c_.defer(sql, p);
+      defer(sql, p);
       return true;
     }
     return q(sql, p).affected() > 0;
+  }
+
+  void defer(const std::string& sql, const params& p) {
+    if (hold_ && !savepoint_) {
+      held_.push_back({sql, p, std::nullopt});
+    } else {
+      send_merged();
+      c_.defer(sql, p);
+    }
   }
 
   result q(const std::string& sql, const params& p) {
@@ -962,8 +1073,38 @@ class pg_ops final : public write_txn {
       c_.defer("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY");
       begun_ = true;
     }
+    send_merged();
+    if (hold_ && !savepoint_) {
+      c_.defer("SAVEPOINT w");
+      savepoint_ = true;
+      for (auto& h : held_)
+        c_.defer(h.sql, h.p);
+      held_.clear();
+    }
     return c_.exec(sql, p, until_);
   }
+
+  struct liveness_row {
+    std::string id;
+    std::string status;
+    std::int64_t hb = 0;
+    std::int64_t dl = 0;
+    std::int64_t up = 0;
+  };
+  static constexpr const char* liveness_sql =
+      "UPDATE sessions SET status=$1, last_heartbeat=$2, deadline_at=$3, updated_at=$4 "
+      "WHERE session_id = $5";
+  static params liveness_params(const liveness_row& r) {
+    params p;
+    p.add(r.status).add(r.hb).add(r.dl).add(r.up).add(r.id);
+    return p;
+  }
+  // A statement held back by a write (see begin_write); a liveness update also as its row.
+  struct held_stmt {
+    std::string sql;
+    params p;
+    std::optional<liveness_row> liveness;
+  };
   result q(const char* sql, const params& p) { return q(std::string(sql), p); }
 
   connection& c_;
@@ -973,6 +1114,12 @@ class pg_ops final : public write_txn {
   bool defer_updates_ = false;
   std::unordered_set<std::string> locked_;             // "s:<id>", "t:<id>", "m:<id>"
   std::vector<std::pair<std::string, bool>> journal_;  // (key, inserted) in this write
+  // Sessions fetched by prime_sessions and not changed since (nullopt: no such session).
+  std::unordered_map<std::string, std::optional<session>> primed_;
+  bool hold_ = false;       // this write's statements are held back (see begin_write)
+  bool savepoint_ = false;  // this write has opened its savepoint
+  std::vector<held_stmt> held_;
+  std::vector<liveness_row> merged_;  // kept writes' liveness updates not sent yet
 };
 
 using completion = asio::any_completion_handler<void(std::exception_ptr)>;
@@ -993,6 +1140,7 @@ struct pg_store::write_job {
   std::mutex* sync_mu = nullptr;
   std::condition_variable* sync_cv = nullptr;
   bool* sync_done = nullptr;
+  std::string session_hint{};  // the session the write reads first (may be empty)
 
   bool call(write_txn& tx) const { return ref != nullptr ? (*ref)(tx) : fn(tx); }
 };
@@ -1274,7 +1422,11 @@ void pg_store::enqueue_write(write_job* j) {
 }
 
 asio::awaitable<void> pg_store::run_write(write_fn fn) {
-  auto initiate = [this, &fn](auto handler) {
+  return run_session_write({}, std::move(fn));
+}
+
+asio::awaitable<void> pg_store::run_session_write(std::string session_id, write_fn fn) {
+  auto initiate = [this, &fn, &session_id](auto handler) {
     auto ex = asio::get_associated_executor(handler);
     // Built in place: Boost 1.81's any_completion_handler move assignment re-wraps itself.
     auto* j = new write_job{std::move(fn),
@@ -1283,6 +1435,7 @@ asio::awaitable<void> pg_store::run_write(write_fn fn) {
                             completion(std::move(handler)),
                             ex,
                             steady::now() + opts_.timeout};
+    j->session_hint = std::move(session_id);
     enqueue_write(j);
   };
   // A non-null exception_ptr completion is rethrown in the awaiting coroutine by Asio.
@@ -1406,14 +1559,30 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
   };
 
   c.defer("BEGIN");
+  if (!safe) {
+    std::vector<std::string_view> hinted;
+    for (const write_job* j : batch) {
+      if (!j->session_hint.empty() && storable(j->session_hint)) hinted.push_back(j->session_hint);
+    }
+    if (!hinted.empty()) {
+      try {
+        tx.prime_sessions(std::move(hinted));
+      } catch (const connection_lost&) {
+        return batch_result::lost;
+      } catch (const pg_error& e) {
+        if (e.retryable()) return retry_after(batch, std::current_exception());
+        rollback();
+        return batch_result::unsafe;  // run the batch again the plain way
+      }
+    }
+  }
   for (std::size_t i = 0; i < batch.size(); ++i) {
     write_job* j = batch[i];
     j->error = nullptr;
-    if (!single) c.defer("SAVEPOINT w");
     const bool appended_before = tx.appended_;
     const std::int64_t seq_before = tx.last_seq_;
     bool keep = false;
-    tx.begin_write();
+    tx.begin_write(!single);
     try {
       keep = j->call(tx);
     } catch (const connection_lost&) {
@@ -1430,13 +1599,14 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
       j->error = std::current_exception();
     }
     if (c.broken()) return batch_result::lost;
-    if (keep && c.in_failed_transaction()) {
+    // The transaction status is that of this write's last round trip, if it made one.
+    if (keep && (single || tx.savepoint_open()) && c.in_failed_transaction()) {
       // The write swallowed a statement error: its changes cannot be kept.
       keep = false;
       j->error = std::make_exception_ptr(
           storage_error(storage_error::kind::other, "a statement failed inside the write"));
     }
-    if (!single) {
+    if (tx.end_write(keep)) {
       if (!keep) c.defer("ROLLBACK TO SAVEPOINT w");
       c.defer("RELEASE SAVEPOINT w");
     }
@@ -1452,6 +1622,7 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
     rollback();
     return batch_result::done;
   }
+  tx.send_merged();
   if (tx.appended_) {
     // Delivered to every listening instance at commit, in commit order.
     c.defer("SELECT pg_notify('statetrack_events', $1)",

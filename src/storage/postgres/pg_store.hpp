@@ -58,6 +58,8 @@ class pg_store final : public store {
 
   boost::asio::awaitable<void> run_read(read_fn fn) override;
   boost::asio::awaitable<void> run_write(write_fn fn) override;
+  // The sessions hinted by the writes of a batch are fetched and locked in one round trip.
+  boost::asio::awaitable<void> run_session_write(std::string session_id, write_fn fn) override;
   void read_now(const read_fn& fn) override;
   void write_now(const write_fn& fn) override;
   std::optional<double> ping() override;
