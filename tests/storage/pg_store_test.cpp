@@ -449,9 +449,9 @@ TEST_F(PgStore, DeadlockBetweenInstancesIsRetriedAndBothWritesLand) {
 }
 
 TEST_F(PgStore, AFailingDeferredUpdateFailsOnlyItsOwnWrite) {
-  // Updates of locked rows travel with the next round trip; when one fails after all, the
-  // batch runs again with every statement waiting for its result, so the error reaches the
-  // write that caused it and no other.
+  // Updates of locked rows travel with the next round trip (heartbeats' liveness updates as one
+  // multi-row statement); when one fails after all, the batch runs again with every statement
+  // waiting for its result, so the error reaches the write that caused it and no other.
   obs::registry metrics;
   store_options o;
   o.conninfo = db_->conninfo();
@@ -464,40 +464,64 @@ TEST_F(PgStore, AFailingDeferredUpdateFailsOnlyItsOwnWrite) {
   testing::pg_query(db_->conninfo(), R"sql(
     CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
-      IF NEW.metadata = '{"refuse":true}' THEN RAISE EXCEPTION 'refused by test trigger'; END IF;
+      IF NEW.metadata = '{"refuse":true}' OR NEW.last_heartbeat = 4242 THEN
+        RAISE EXCEPTION 'refused by test trigger';
+      END IF;
       RETURN NEW;
     END $$;
     CREATE TRIGGER refuse BEFORE UPDATE ON sessions FOR EACH ROW EXECUTE FUNCTION refuse();
   )sql");
-  testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
-  boost::asio::io_context& ioc = pooled.get();
-  std::atomic<int> ok{0};
-  std::vector<std::string> failed;
-  auto task = [&](int i) -> boost::asio::awaitable<void> {
-    write_fn fn = [i](write_txn& tx) {
-      auto cur = tx.get_session("d" + std::to_string(i));
-      cur->metadata = i == 7 ? R"({"refuse":true})" : R"({"n":1})";
-      return tx.update_session(*cur);
+  // One batch of 30 writes, d7's refused; `heartbeat`: liveness updates named by session.
+  auto run_batch = [&](bool heartbeat) {
+    testing::pooled_context pooled;  // outlives the store threads (run_sync.hpp)
+    boost::asio::io_context& ioc = pooled.get();
+    std::atomic<int> ok{0};
+    std::vector<std::string> failed;
+    auto task = [&](int i) -> boost::asio::awaitable<void> {
+      const std::string id = "d" + std::to_string(i);
+      write_fn fn = [i, id, heartbeat](write_txn& tx) {
+        auto cur = tx.get_session(id);
+        if (heartbeat) {
+          cur->last_heartbeat = timestamp{i == 7 ? 4242 : 5000};
+          return tx.update_session_liveness(*cur);
+        }
+        cur->metadata = i == 7 ? R"({"refuse":true})" : R"({"n":1})";
+        return tx.update_session(*cur);
+      };
+      try {
+        if (heartbeat) {
+          co_await s->run_session_write(id, std::move(fn));
+        } else {
+          co_await s->run_write(std::move(fn));
+        }
+        ++ok;
+      } catch (const storage_error&) {
+        failed.push_back(id);
+      }
     };
-    try {
-      co_await s->run_write(std::move(fn));
-      ++ok;
-    } catch (const storage_error&) {
-      failed.push_back("d" + std::to_string(i));
-    }
+    for (int i = 0; i < 30; ++i)
+      boost::asio::co_spawn(ioc, task(i), boost::asio::detached);
+    ioc.run();
+    EXPECT_EQ(ok.load(), 29);
+    EXPECT_EQ(failed, std::vector<std::string>{"d7"});
   };
-  for (int i = 0; i < 30; ++i)
-    boost::asio::co_spawn(ioc, task(i), boost::asio::detached);
-  ioc.run();
-  EXPECT_EQ(ok.load(), 29);
-  EXPECT_EQ(failed, std::vector<std::string>{"d7"});
-  EXPECT_EQ(scalar(R"(SELECT count(*) FROM sessions WHERE metadata = '{"n":1}')"), 29);
   // The batch really went the deferred way first, then ran again in safe mode.
-  const auto text = metrics.render_prometheus();
-  const auto at = text.find("statetrack_store_batch_retries_total{");
-  ASSERT_NE(at, std::string::npos);
-  EXPECT_NE(text.substr(at, text.find('\n', at) - at).find("} 1"), std::string::npos)
-      << text.substr(at, 80);
+  auto retries = [&] {
+    const auto text = metrics.render_prometheus();
+    const auto at = text.find("statetrack_store_batch_retries_total{");
+    if (at == std::string::npos) return std::string("missing");
+    const auto line = text.substr(at, text.find('\n', at) - at);
+    return line.substr(line.rfind(' ') + 1);
+  };
+  run_batch(false);
+  EXPECT_EQ(scalar(R"(SELECT count(*) FROM sessions WHERE metadata = '{"n":1}')"), 29);
+  EXPECT_EQ(retries(), "1");
+  run_batch(true);
+  EXPECT_EQ(scalar("SELECT count(*) FROM sessions WHERE last_heartbeat = 5000"), 29);
+  EXPECT_EQ(scalar("SELECT count(*) FROM sessions WHERE session_id = 'd7' AND last_heartbeat = "
+                   "1000"),
+            1);
+  EXPECT_EQ(retries(), "2");
 }
 
 TEST_F(PgStore, TerminatedConnectionsAreReplacedWithoutAnError) {
