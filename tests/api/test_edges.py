@@ -2,12 +2,14 @@
 and the failed-authentication throttle (--auth-failure-limit)."""
 import http.client
 import json
+import socket
 import subprocess
 
 import pytest
+import requests
 
 from conftest import API_KEY
-from st_helpers import assert_error, expect
+from st_helpers import assert_error, expect, poll
 
 ALLOWED = "https://app.example.com"
 OTHER_ALLOWED = "http://localhost:5173"
@@ -242,3 +244,54 @@ def test_zero_disables_the_throttle(start_server):
     assert srv.client().get("/sessions?limit=1").status_code == 200
     assert metrics_of(srv)["statetrack_auth_throttled_total"] == 0
     assert metrics_of(srv)["statetrack_auth_failures_total"] == 30
+
+
+# --- connection limit (--max-connections) -------------------------------------------------------
+
+def _rejected_total(c):
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith("statetrack_http_connections_rejected_total"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError("statetrack_http_connections_rejected_total is missing")
+
+
+def _answer(sock):
+    """The status line a request on `sock` got, or None when the server closed it unanswered."""
+    try:
+        data = sock.recv(4096)
+    except (ConnectionResetError, BrokenPipeError):
+        return None
+    return data.split(b"\r\n", 1)[0] if data else None
+
+
+def test_connection_limit_holds_under_a_burst_then_frees_up(start_server):
+    limit, burst = 8, 40
+    srv = start_server(["--max-connections", str(limit)])
+    # Every connection is made before the server has served any, so that they reach it as one
+    # burst; each then sends a request and stays open (keep-alive).
+    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(burst)]
+    try:
+        for s in socks:
+            try:
+                s.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
+            except (ConnectionResetError, BrokenPipeError):
+                pass  # already closed by the server: refused
+        answers = [_answer(s) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+    served = [a for a in answers if a is not None]
+    assert served == [b"HTTP/1.1 200 OK"] * limit, answers
+    # Once those are closed (the server notices within moments), new connections are served
+    # again, and every refusal was counted.
+    c = srv.client()
+
+    def rejected():
+        try:
+            return _rejected_total(c)
+        except requests.ConnectionError:
+            return None  # still at the limit: this connection was refused too
+
+    assert poll(rejected, timeout=5, desc="a connection served again") >= burst - limit
+    for _ in range(limit + 2):
+        expect(c.get("/health/live"), 200)
