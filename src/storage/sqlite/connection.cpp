@@ -113,6 +113,11 @@ std::optional<std::int64_t> statement::col_opt_int(int i) const {
 }
 
 connection::connection(const std::string& path, const open_options& opts) {
+  // SQLite's allocation statistics (on by default) take a global mutex on every allocation,
+  // which all connections share; nothing here reads them. Only effective before SQLite's first
+  // use, hence the first connection (later calls return SQLITE_MISUSE and change nothing).
+  static const int memstatus_off = sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0);
+  (void)memstatus_off;
   int flags = SQLITE_OPEN_NOMUTEX;
   flags |= opts.read_only ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE;
   if (!opts.read_only && opts.create) flags |= SQLITE_OPEN_CREATE;
