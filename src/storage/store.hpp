@@ -159,6 +159,8 @@ struct store_stats {
   std::uint64_t writes = 0;
   std::uint64_t failed_commits = 0;
   std::uint64_t queue_depth = 0;
+  // Batches run again (deadlock, lost connection, a deferred statement that failed).
+  std::uint64_t batch_retries = 0;
 };
 
 /// A durable store. Every write is on stable storage before run_write completes.

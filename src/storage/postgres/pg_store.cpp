@@ -1513,11 +1513,19 @@ void pg_store::run_batch(std::vector<write_job*>& batch) {
     until = std::max(until, now + std::chrono::milliseconds(500));
     if (!ensure_connected(writer_conn_, until, true)) continue;
     writer_pid_ = writer_conn_->backend_pid();
-    const auto r = try_batch(batch, until, safe);
+    batch_result r = batch_result::lost;
+    try {
+      r = try_batch(batch, until, safe);
+    } catch (const connection_lost&) {
+      // A statement queued outside a write (BEGIN, a savepoint, the merged update) could not
+      // be sent: nothing was committed.
+      r = batch_result::lost;
+    }
     if (r == batch_result::done) {
       finish(batch);
       return;
     }
+    batch_retries_.fetch_add(1, std::memory_order_relaxed);
     if (retries_ != nullptr) retries_->inc();
     if (r == batch_result::unsafe) safe = true;
     if (r == batch_result::lost) {
@@ -1569,10 +1577,11 @@ pg_store::batch_result pg_store::try_batch(std::vector<write_job*>& batch, deadl
         tx.prime_sessions(std::move(hinted));
       } catch (const connection_lost&) {
         return batch_result::lost;
-      } catch (const pg_error& e) {
-        if (e.retryable()) return retry_after(batch, std::current_exception());
+      } catch (const pg_error&) {
+        // Even a deadlock here is no write's fault: run the batch again the plain way, where
+        // each write takes its own locks and a deadlock is charged to the write that hit it.
         rollback();
-        return batch_result::unsafe;  // run the batch again the plain way
+        return batch_result::unsafe;
       }
     }
   }
@@ -1917,7 +1926,8 @@ void pg_store::listener_loop() {
 // ----------------------------------------------------------------------------------- misc
 
 store_stats pg_store::stats() const {
-  return {commits_.load(), writes_.load(), failed_commits_.load(), queue_depth_.load()};
+  return {commits_.load(), writes_.load(), failed_commits_.load(), queue_depth_.load(),
+          batch_retries_.load()};
 }
 
 std::vector<int> pg_store::migrate(const std::string& conninfo, std::chrono::milliseconds timeout) {

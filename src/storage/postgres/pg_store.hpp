@@ -139,6 +139,7 @@ class pg_store final : public store {
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> failed_commits_{0};
   std::atomic<std::uint64_t> queue_depth_{0};
+  std::atomic<std::uint64_t> batch_retries_{0};
   obs::histogram* batch_size_ = nullptr;
   obs::histogram* commit_seconds_ = nullptr;
   obs::counter* connects_ = nullptr;

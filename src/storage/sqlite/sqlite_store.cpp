@@ -1164,7 +1164,7 @@ std::optional<double> sqlite_store::ping() {
 }
 
 store_stats sqlite_store::stats() const {
-  return {commits_.load(), writes_.load(), failed_commits_.load(), queue_depth_.load()};
+  return {commits_.load(), writes_.load(), failed_commits_.load(), queue_depth_.load(), 0};
 }
 
 void sqlite_store::on_events_committed(std::function<void(std::int64_t)> cb) {
