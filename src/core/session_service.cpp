@@ -167,7 +167,7 @@ task_of<session> session_service::transition(std::string id, std::string_view ev
     tx.append_event(session_event(event_type, s, now));
     return s;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await storage::write(store_, std::move(fn), id);
 }
 
 // POST /sessions
@@ -444,7 +444,7 @@ task_of<purge_outcome> session_service::purge(std::string id, bool confirm) {
     tx.append_event(session_event("session.deleted", *found, now));
     return out;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await storage::write(store_, std::move(fn), id);
 }
 
 // POST /sessions/cleanup — only terminal sessions are touched; the rest are counted as skipped.
@@ -579,7 +579,7 @@ task_of<prepare_recovery_outcome> session_service::prepare_recovery(std::string 
     tx.append_event(session_event("session.recovery_prepared", s, now));
     return out;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await storage::write(store_, std::move(fn), id);
 }
 
 // POST /sessions/:id/recover — order: session 404, completed 400, task 404/400, attempts 400.
@@ -660,7 +660,7 @@ task_of<session> session_service::recover(std::string id, recover_input in) {
     tx.append_event(session_event("session.recovered", s, now));
     return s;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  co_return co_await storage::write(store_, std::move(fn), id);
 }
 
 // One sweep pass over the sweep index (sweep_at <= deadline_at for active sessions, the
