@@ -269,6 +269,54 @@ def test_concurrent_metadata_merges_through_instances_lose_no_key(start_server, 
     assert len(meta) == 9 * 15, f"lost {9 * 15 - len(meta)} keys"
 
 
+def _batch_retries(srv):
+    text = srv.client().get("/metrics").text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("statetrack_store_batch_retries_total"))
+
+
+SESSIONS, WORKERS, ROUNDS = 12, 8, 8
+
+
+def test_heartbeats_of_the_same_sessions_through_every_instance_all_land_without_deadlock(
+        start_server, shared_db):
+    """Behind a load balancer each agent's heartbeats reach any instance, so every instance's
+    write batches hold heartbeats of the same sessions at the same time. Every heartbeat is
+    acknowledged, no batch has to be run again (a deadlock costs a second), and each session
+    keeps the newest acknowledged heartbeat. (The storage suite's
+    HeartbeatBatchesOfTwoInstancesOverTheSameSessionsLoseNothing makes the batches big enough
+    for locks taken one write at a time to deadlock; over HTTP they are mostly smaller.)"""
+    servers = start_instances(start_server, shared_db, 2)
+    sids = [create_session(servers[0].client())["session_id"] for _ in range(SESSIONS)]
+    errors = []
+    acknowledged = {sid: [] for sid in sids}
+    lock = threading.Lock()
+
+    def worker(w):
+        cl = servers[w % 2].client()
+        order = sids if w % 4 < 2 else sids[::-1]
+        for _ in range(ROUNDS):
+            for sid in order:
+                r = cl.post(f"/sessions/{sid}/heartbeat", json={})
+                if r.status_code != 200:
+                    errors.append(f"{r.status_code} {r.text}")
+                    continue
+                with lock:
+                    acknowledged[sid].append(r.json()["last_heartbeat"])
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(WORKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    assert sum(len(v) for v in acknowledged.values()) == WORKERS * ROUNDS * SESSIONS
+    assert [_batch_retries(s) for s in servers] == [0, 0]
+    for sid in sids:
+        stored = get_session(servers[1].client(), sid)["last_heartbeat"]
+        assert stored == max(acknowledged[sid]), sid
+
+
 def test_conflicting_transitions_through_different_instances_never_corrupt_state(
         start_server, shared_db):
     """The lost-transition hammer of test_session_safety, spread over three instances: every
