@@ -124,7 +124,8 @@ boost::asio::awaitable<result<task>> task_service::create(create_task_input in) 
     tx.append_event(task_event("task.created", t, now));
     return t;
   };
-  co_return co_await storage::write(store_, std::move(fn));
+  // The parent session is read first: it is fetched and locked with the batch.
+  co_return co_await storage::write(store_, std::move(fn), in.session_id);
 }
 
 boost::asio::awaitable<result<task>> task_service::get(std::string id) {

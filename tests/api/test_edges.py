@@ -259,7 +259,7 @@ def _answer(sock):
     """The status line a request on `sock` got, or None when the server closed it unanswered."""
     try:
         data = sock.recv(4096)
-    except (ConnectionResetError, BrokenPipeError):
+    except (ConnectionResetError, BrokenPipeError, socket.timeout):
         return None
     return data.split(b"\r\n", 1)[0] if data else None
 
@@ -269,8 +269,10 @@ def test_connection_limit_holds_under_a_burst_then_frees_up(start_server):
     srv = start_server(["--max-connections", str(limit)])
     # Every connection is made before the server has served any, so that they reach it as one
     # burst; each then sends a request and stays open (keep-alive).
-    socks = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(burst)]
+    socks = []
     try:
+        for _ in range(burst):
+            socks.append(socket.create_connection(("127.0.0.1", srv.port), timeout=10))
         for s in socks:
             try:
                 s.sendall(b"GET /health/live HTTP/1.1\r\nHost: t\r\n\r\n")
