@@ -294,6 +294,14 @@ bool storable_opt(const std::optional<std::string>& s) {
   return !s || storable(*s);
 }
 
+// Lets maps keyed by std::string be searched with a string_view, without a copy.
+struct text_hash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept {
+    return std::hash<std::string_view>{}(s);
+  }
+};
+
 // Appends `v` to a PostgreSQL array literal as one quoted element.
 void append_array_text(std::string& out, std::string_view v) {
   out += '"';
@@ -608,7 +616,7 @@ class pg_ops final : public write_txn {
     static const std::string wr = rd + " FOR UPDATE";
     if (!storable(id)) return std::nullopt;
     if (write_) {
-      if (auto it = primed_.find(std::string(id)); it != primed_.end()) return it->second;
+      if (auto it = primed_.find(id); it != primed_.end()) return it->second;
     }
     auto r = q(write_ ? wr : rd, params().add(id));
     if (r.rows() == 0) return std::nullopt;
@@ -822,12 +830,13 @@ class pg_ops final : public write_txn {
     primed_.erase(s.session_id);
     liveness_row row{s.session_id, std::string(core::to_string(s.status)), s.last_heartbeat.ms,
                      s.deadline_at.ms, s.updated_at.ms};
-    if (hold_ && !savepoint_ && defer_updates_ && locked_.count(key('s', s.session_id)) != 0) {
+    const std::string k = key('s', s.session_id);
+    if (hold_ && !savepoint_ && defer_updates_ && locked_.count(k) != 0) {
       // Sent with the batch's other heartbeats as one statement (send_merged).
-      held_.push_back({liveness_sql, liveness_params(row), std::move(row)});
+      held_.push_back({{}, {}, std::move(row)});
       return true;
     }
-    return defer_or_exec(key('s', s.session_id), liveness_sql, liveness_params(row));
+    return defer_or_exec(k, liveness_sql, liveness_params(row));
   }
 
   bool delete_session(std::string_view id) override {
@@ -1077,8 +1086,13 @@ class pg_ops final : public write_txn {
     if (hold_ && !savepoint_) {
       c_.defer("SAVEPOINT w");
       savepoint_ = true;
-      for (auto& h : held_)
-        c_.defer(h.sql, h.p);
+      for (const auto& h : held_) {
+        if (h.liveness) {
+          c_.defer(liveness_sql, liveness_params(*h.liveness));
+        } else {
+          c_.defer(h.sql, h.p);
+        }
+      }
       held_.clear();
     }
     return c_.exec(sql, p, until_);
@@ -1099,7 +1113,8 @@ class pg_ops final : public write_txn {
     p.add(r.status).add(r.hb).add(r.dl).add(r.up).add(r.id);
     return p;
   }
-  // A statement held back by a write (see begin_write); a liveness update also as its row.
+  // A statement held back by a write (see begin_write); a liveness update only as its row (its
+  // statement is made when it is sent alone, see q()).
   struct held_stmt {
     std::string sql;
     params p;
@@ -1115,7 +1130,7 @@ class pg_ops final : public write_txn {
   std::unordered_set<std::string> locked_;             // "s:<id>", "t:<id>", "m:<id>"
   std::vector<std::pair<std::string, bool>> journal_;  // (key, inserted) in this write
   // Sessions fetched by prime_sessions and not changed since (nullopt: no such session).
-  std::unordered_map<std::string, std::optional<session>> primed_;
+  std::unordered_map<std::string, std::optional<session>, text_hash, std::equal_to<>> primed_;
   bool hold_ = false;       // this write's statements are held back (see begin_write)
   bool savepoint_ = false;  // this write has opened its savepoint
   std::vector<held_stmt> held_;
